@@ -1,0 +1,11 @@
+"""`python -m xtfclip_lib train` (not implemented yet)."""
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="(not implemented yet)")
+    parser.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    raise RuntimeError("the 'train' command is not implemented yet")
