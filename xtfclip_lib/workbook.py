@@ -1,0 +1,168 @@
+"""The workbook: the ordered notebooks, executed headlessly by papermill into one results folder.
+
+``python -m xtfclip_lib workbook --preset tiny --seeds 1 --out results/workbook`` runs
+
+1. ``01_data_exploration``   once (generates the synthetic set when it is missing);
+2. ``02_backbone_pretraining`` once (pretrains the tiny CLIP when the preset needs it);
+3. ``03_ablations``          once per *trained model* and seed (see `plan_training_runs`);
+4. ``04_training``           once: curves and before/after of the full X-TFCLIP model;
+5. ``05_retrieval_visualisation`` once, on the X-TFCLIP model;
+6. ``06_ablation_report``    once: the report under ``OUT/report/``.
+
+An executed notebook is written to ``OUT/notebooks/``. A study whose ``done.json`` exists is
+skipped, so an interrupted workbook resumes where it stopped. A failing notebook stops the
+workbook with an error naming the notebook and the failing cell; the partially executed copy is
+kept beside the others for inspection.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .config import EXTENSIONS, TEST_TIME_SWITCHES
+
+log = logging.getLogger(__name__)
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+BASELINES = ("tf_clip", "x_tfclip")
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """One model to train: a variant plus at most one flipped training switch."""
+    name: str                      # folder name under OUT/studies/
+    variant: str                   # "x_tfclip" or "tf_clip"
+    overrides: tuple[str, ...] = ()
+
+    def folder(self, out: Path, seed: int) -> Path:
+        return Path(out) / "studies" / self.name / f"seed{seed}"
+
+
+@dataclass(frozen=True)
+class Study:
+    """A row of the ablation: a trained model evaluated with given test-time switches.
+
+    Test-time switches (METHOD §4 row 7, §6 flip TTA) are evaluated on the same trained models
+    with and without, rather than training twice.
+    """
+    name: str                      # e.g. "x_tfclip", "loo_attention_pooling", "aoi_attention_pooling"
+    kind: str                      # "baseline", "leave_one_out" or "add_one_in"
+    switch: str | None             # the switch that differs from the baseline, if any
+    run: TrainingRun               # the model it evaluates
+    test_time: dict = field(default_factory=dict, hash=False, compare=False)  # test-time switch -> bool
+
+
+def _study_for(variant: str, kind: str, switch: str | None) -> Study:
+    on = variant == "x_tfclip"
+    prefix = {"baseline": "", "leave_one_out": "loo_", "add_one_in": "aoi_"}[kind]
+    name = variant if switch is None else f"{prefix}{switch}"
+    test_time = {s: on for s in TEST_TIME_SWITCHES}
+    if switch is None:
+        run = TrainingRun(variant, variant)
+    elif switch in TEST_TIME_SWITCHES:
+        run = TrainingRun(variant, variant)              # same trained model as the baseline
+        test_time[switch] = not on
+    else:
+        run = TrainingRun(name, variant, (f"features.{switch}={str(not on).lower()}",))
+    return Study(name, kind, switch, run, test_time)
+
+
+def plan_studies(switches: tuple[str, ...] = EXTENSIONS) -> list[Study]:
+    """tf_clip, x_tfclip, leave-one-out (each switch off in x_tfclip) and add-one-in (each on in tf_clip)."""
+    studies = [_study_for(v, "baseline", None) for v in BASELINES]
+    studies += [_study_for("x_tfclip", "leave_one_out", s) for s in switches]
+    studies += [_study_for("tf_clip", "add_one_in", s) for s in switches]
+    return studies
+
+
+def plan_training_runs(studies: list[Study]) -> list[TrainingRun]:
+    """The distinct models the studies need, in first-use order (baselines first)."""
+    runs: list[TrainingRun] = []
+    for study in studies:
+        if study.run not in runs:
+            runs.append(study.run)
+    return runs
+
+
+# --------------------------------------------------------------------------------------------
+# Executing notebooks
+
+class WorkbookError(RuntimeError):
+    """A notebook failed; the message names the notebook, the cell and the partial copy."""
+
+
+def execute_notebook(name: str, output: Path, parameters: dict, notebooks_dir: Path = NOTEBOOK_DIR,
+                     cwd: Path | None = None) -> Path:
+    """Run ``notebooks_dir/name.ipynb`` with papermill into `output`; raise WorkbookError on failure."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    source = Path(notebooks_dir) / f"{name}.ipynb"
+    if not source.is_file():
+        raise FileNotFoundError(f"notebook {source} not found (notebooks_dir={notebooks_dir})")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        papermill.execute_notebook(str(source), str(output), parameters=parameters,
+                                   progress_bar=False, kernel_name="python3",
+                                   cwd=str(cwd) if cwd else None)
+    except PapermillExecutionError as exc:
+        first_line = (exc.source or "").strip().splitlines()[:1]
+        raise WorkbookError(
+            f"notebook {name} failed in cell {exc.cell_index} "
+            f"({first_line[0] if first_line else 'empty'!s}): {exc.ename}: {exc.evalue}; "
+            f"the partially executed notebook is kept at {output}") from None
+    return output
+
+
+def run_workbook(preset: str = "tiny", seeds: int = 1, out: str | Path = "results/workbook", *,
+                 spread_seeds: int = 2, overrides: tuple[str, ...] = (),
+                 notebooks_dir: Path = NOTEBOOK_DIR, studies: list[Study] | None = None) -> dict:
+    """Run every notebook in order; return a summary (timings, executed notebooks, report path).
+
+    `seeds` models are trained for every study; the two baselines get `max(seeds, spread_seeds)`
+    so that the report always has a seed-to-seed spread to compare differences against.
+    """
+    out = Path(out).resolve()
+    studies = plan_studies() if studies is None else studies
+    runs = plan_training_runs(studies)
+    jobs: list[tuple[str, Path, dict]] = []
+    nb_out = out / "notebooks"
+    common = {"preset": preset, "overrides": list(overrides), "out_dir": str(out)}
+    jobs.append(("01_data_exploration", nb_out / "01_data_exploration.ipynb", dict(common)))
+    jobs.append(("02_backbone_pretraining", nb_out / "02_backbone_pretraining.ipynb", dict(common)))
+    for run in runs:
+        num = max(seeds, spread_seeds) if run.name in BASELINES else seeds
+        for seed in range(num):
+            params = dict(common, run_name=run.name, variant=run.variant,
+                          train_overrides=list(run.overrides), seed=seed,
+                          run_dir=str(run.folder(out, seed)))
+            jobs.append(("03_ablations", nb_out / f"03_ablations__{run.name}__seed{seed}.ipynb", params))
+    x_run = TrainingRun("x_tfclip", "x_tfclip").folder(out, 0)
+    jobs.append(("04_training", nb_out / "04_training.ipynb", dict(common, run_dir=str(x_run))))
+    jobs.append(("05_retrieval_visualisation", nb_out / "05_retrieval_visualisation.ipynb",
+                 dict(common, run_dir=str(x_run))))
+    jobs.append(("06_ablation_report", nb_out / "06_ablation_report.ipynb", dict(common)))
+
+    timings: dict[str, float] = {}
+    skipped = 0
+    bar = tqdm(jobs, desc="workbook", unit="notebook")
+    for name, output, params in bar:
+        bar.set_postfix_str(output.stem)
+        done = Path(params["run_dir"]) / "done.json" if name == "03_ablations" else None
+        if done is not None and done.is_file():
+            skipped += 1
+            continue
+        start = time.perf_counter()
+        execute_notebook(name, output, params, notebooks_dir, cwd=Path.cwd())
+        timings[output.stem] = round(time.perf_counter() - start, 1)
+    summary = {"preset": preset, "seeds": seeds, "spread_seeds": spread_seeds,
+               "studies": [s.name for s in studies], "training_runs": len(runs),
+               "skipped_done": skipped, "elapsed_s": timings,
+               "report": str(out / "report" / "ablation.md")}
+    (out / "workbook.json").write_text(json.dumps(summary, indent=2))
+    return summary
