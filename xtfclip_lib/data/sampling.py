@@ -87,13 +87,13 @@ def dense_frame_indices(num_frames: int, clip_len: int) -> np.ndarray:
 # Identity batches
 
 
-def _base_seed(seed: SeedLike) -> int:
+def as_seed(seed: SeedLike) -> int:
     """An int seed from an int or by one draw from a numpy Generator (which then advances)."""
     if isinstance(seed, np.random.Generator):
         return int(seed.integers(0, 2**63 - 1))
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
         return int(seed)
-    raise TypeError(f"seed must be an int or a numpy Generator, got {type(seed).__name__}")
+    raise TypeError(f"seed must be an int or a numpy Generator, got {seed!r}")
 
 
 class IdentityBatchSampler:
@@ -133,7 +133,7 @@ class IdentityBatchSampler:
         self.index_of_id = [np.asarray(by_id[i], dtype=np.int64) for i in self.ids]
         self.num_ids_per_batch = num_ids_per_batch
         self.num_tracklets_per_id = num_tracklets_per_id
-        self.seed = _base_seed(seed)
+        self.seed = as_seed(seed)
         self.epoch = 0
         self._plan_cache: tuple[int, list[list[int]]] | None = None
 
