@@ -78,7 +78,7 @@ class ModelConfig:
     arch: str = "ViT-B-16-quickgelu"       # open_clip model name, or a name in model/configs/
     pretrained: str = "openai"             # "openai" (download), a local weights file, or "" (random init)
     pretrained_image_size: int = 224       # square size the pretrained position grid was trained at
-    tmd_heads: int = 8                     # heads of the TMD attention
+    tmd_heads: int = 12                    # heads of the TMD attention (768 / 64 for ViT-B/16)
     ssp_layers: int = 2                    # SSP decoder layers
     ssp_heads: int = 8                     # heads of the SSP attention
     memory_weight_init: float = 0.5        # switch 5: w0, s = sigmoid(w0) ~ 0.62
