@@ -145,7 +145,7 @@ def run_workbook(preset: str = "tiny", seeds: int = 1, out: str | Path = "result
     x_run = TrainingRun("x_tfclip", "x_tfclip").folder(out, 0)
     jobs.append(("04_training", nb_out / "04_training.ipynb", dict(common, run_dir=str(x_run))))
     jobs.append(("05_retrieval_visualisation", nb_out / "05_retrieval_visualisation.ipynb",
-                 dict(common, run_dir=str(x_run))))
+                 {"run_dir": str(x_run), "out_dir": str(out)}))
     jobs.append(("06_ablation_report", nb_out / "06_ablation_report.ipynb", dict(common)))
 
     timings: dict[str, float] = {}
