@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -m "slow or not slow"
+	$(PY) -m pytest -q -m "slow or not slow or gpu"
 
 data: $(STAMP)
 	$(PY) -m xtfclip_lib synth --root data/synthetic-ag --ids 180 --seed 0

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from xtfclip_lib.report import (StudyResult, bootstrap_ci, delta_table, headline_table, per_query_values,
+from xtfclip_lib.report import (StudyResult, bootstrap_ci, collect_studies, delta_table, headline_table,
+                                per_query_values, setting_name, verdict_table, write_report,
                                 seed_spread, summarise, with_overall)
 
 
@@ -80,3 +81,39 @@ def test_summary_flags_a_large_effect_and_not_noise():
 def test_summary_needs_the_references():
     with pytest.raises(KeyError, match="x_tfclip"):
         summarise([_study("tf_clip", 0.3, 2)])
+
+
+def test_write_report_states_its_context_and_writes_every_file(tmp_path):
+    tf = _study("tf_clip", 0.3, 2, seed0=0)
+    x = _study("x_tfclip", 0.7, 2, seed0=7)
+    loo = _study("loo_attention_pooling", 0.69, 1, kind="leave_one_out", seed0=7)
+    summary = summarise([tf, x, loo], num_bootstrap=100)
+    paths = write_report(summary, tmp_path / "report",
+                         {"dataset": "synthetic aerial-ground set (180 ids)", "seeds": 1})
+    for key in ("md", "csv", "html", "png_R1", "png_mAP"):
+        assert paths[key].is_file() and paths[key].stat().st_size > 0
+    text = paths["md"].read_text()
+    assert "not taken from the X-TFCLIP paper" in text and "synthetic aerial-ground set" in text
+    assert "| loo_attention_pooling | x_tfclip |" in text and "within noise" in text
+    assert paths["png_R1"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    verdicts = verdict_table(summary)
+    assert list(verdicts.study) == ["loo_attention_pooling"]
+    assert verdicts.compared_with.iloc[0] == "x_tfclip"
+
+
+def test_collect_studies_reads_finished_seeds_only(tmp_path):
+    from xtfclip_lib.workbook import plan_studies
+    study = plan_studies()[1]   # x_tfclip
+    for seed, done in ((0, True), (1, False)):
+        folder = tmp_path / "studies" / "x_tfclip" / f"seed{seed}" / "per_query"
+        folder.mkdir(parents=True)
+        arrays = {f"{c}__{k}": np.arange(3.0) + 1 for c in ("aerial_to_ground", "ground_to_aerial")
+                  for k in ("ap", "inp", "first_rank")}
+        np.savez(folder / f"{setting_name(study.test_time)}.npz", **arrays)
+        if done:
+            (folder.parent / "done.json").write_text("{}")
+    [result] = collect_studies(tmp_path, [study])
+    assert list(result.results) == [0]
+    np.testing.assert_array_equal(result.results[0]["aerial_to_ground"]["first_rank"], [1, 2, 3])
+    with pytest.raises(FileNotFoundError, match="tf_clip"):
+        collect_studies(tmp_path, [plan_studies()[0]])

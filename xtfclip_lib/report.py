@@ -13,8 +13,11 @@ interval over queries excludes zero. Anything else is "within noise" and is not 
 """
 from __future__ import annotations
 
+import html
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,6 +25,42 @@ import pandas as pd
 CASES = ("aerial_to_ground", "ground_to_aerial")
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 RANKS = {"R1": 1, "R5": 5, "R10": 10}
+
+
+def setting_name(test_time: dict) -> str:
+    """File stem of one test-time setting, e.g. ``mask1_flip0``."""
+    return f"mask{int(test_time['soft_biometric_mask'])}_flip{int(test_time['flip_tta'])}"
+
+
+def read_per_query(path: str | Path) -> dict[str, dict]:
+    """The per-case arrays written by `workbook.evaluate_study` (``<case>__<key>`` in an .npz)."""
+    per_case: dict[str, dict] = {}
+    with np.load(path, allow_pickle=False) as data:
+        for name in data.files:
+            case, key = name.rsplit("__", 1)
+            per_case.setdefault(case, {})[key] = data[name]
+    return per_case
+
+
+def collect_studies(out_dir: str | Path, studies) -> list[StudyResult]:
+    """Read every study's per-query results under ``out_dir/studies/`` (any number of seeds).
+
+    `studies` is `workbook.plan_studies()` (or a part of it). A study none of whose seeds has
+    results raises FileNotFoundError naming the folder, so a report never silently drops a row.
+    """
+    results = []
+    for study in studies:
+        folder = Path(out_dir) / "studies" / study.run.name
+        seeds = {}
+        for seed_dir in sorted(folder.glob("seed*")):
+            path = seed_dir / "per_query" / f"{setting_name(study.test_time)}.npz"
+            if (seed_dir / "done.json").is_file() and path.is_file():
+                seeds[int(seed_dir.name[4:])] = read_per_query(path)
+        if not seeds:
+            raise FileNotFoundError(f"study {study.name}: no finished seed with "
+                                    f"per_query/{setting_name(study.test_time)}.npz under {folder}")
+        results.append(StudyResult(study.name, study.kind, study.switch, seeds))
+    return results
 
 
 def per_query_values(arrays: dict, metric: str) -> np.ndarray:
@@ -145,3 +184,97 @@ def delta_table(summary: pd.DataFrame, reference: str, metric: str = "mAP") -> p
                               f"delta_ci_hi_vs_{reference}": "ci_hi", f"noise_vs_{reference}": "noise",
                               f"exceeds_noise_vs_{reference}": "exceeds_noise"})
     return out.reset_index(drop=True)
+
+
+def verdict_table(summary: pd.DataFrame, metric: str = "mAP", case: str = "overall") -> pd.DataFrame:
+    """For every ablation study: its difference against the baseline it modifies, and the verdict.
+
+    Leave-one-out studies are compared with x_tfclip (what removing the switch costs), add-one-in
+    studies with tf_clip (what adding it alone brings).
+    """
+    part = summary[(summary.metric == metric) & (summary.case == case) & (summary.kind != "baseline")]
+    rows = []
+    for _, row in part.iterrows():
+        ref = "x_tfclip" if row["kind"] == "leave_one_out" else "tf_clip"
+        exceeds = bool(row[f"exceeds_noise_vs_{ref}"])
+        rows.append({"study": row["study"], "switch": row["switch"], "compared_with": ref,
+                     "delta": row[f"delta_vs_{ref}"], "ci_lo": row[f"delta_ci_lo_vs_{ref}"],
+                     "ci_hi": row[f"delta_ci_hi_vs_{ref}"], "noise": row[f"noise_vs_{ref}"],
+                     "verdict": ("exceeds noise" if exceeds else "within noise")})
+    return pd.DataFrame(rows)
+
+
+def _pct(value: float) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{100 * value:+.1f}"
+
+
+def _markdown(table: pd.DataFrame, index: bool = True) -> str:
+    """A GitHub markdown table without the optional `tabulate` dependency."""
+    frame = table.reset_index() if index else table
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def write_report(summary: pd.DataFrame, out_dir: str | Path, context: dict) -> dict[str, Path]:
+    """Write ``ablation.md``, ``ablation.csv``, ``ablation.html`` and the PNG plots to `out_dir`.
+
+    `context` says what the numbers are measured on (keys: ``dataset``, ``backbone``, ``preset``,
+    ``seeds``, ``spread_seeds``; any more are listed too): the report states it plainly and never
+    presents the numbers as the paper's.
+    """
+    from . import plots
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / "ablation.csv", "md": out / "ablation.md", "html": out / "ablation.html"}
+    summary.to_csv(paths["csv"].with_suffix(".csv.tmp"), index=False)
+    os.replace(paths["csv"].with_suffix(".csv.tmp"), paths["csv"])
+
+    plot_data = summary.rename(columns={"ci_lo": "lo", "ci_hi": "hi"})
+    for metric in ("R1", "mAP"):
+        path = out / f"ablation_{metric}.png"
+        plots.ablation_plot(plot_data[plot_data.metric == metric], path=path, metrics=[metric])
+        paths[f"png_{metric}"] = path
+
+    lines = ["# X-TFCLIP ablation report", ""]
+    lines += ["**What these numbers are.** " + context.get("statement", (
+        "Measured by this project's workbook, not taken from the X-TFCLIP paper: they show what each "
+        "switch does in this setting and are not comparable with published AG-VPReID results.")), ""]
+    for key, value in context.items():
+        if key != "statement":
+            lines.append(f"- **{key.replace('_', ' ')}**: {value}")
+    lines += ["", "Every metric is in percent. Cells are mean ± standard deviation over seeds (no ± "
+              "where a study has one seed). Overall pools the queries of both cases.", ""]
+    for case in ("overall", *CASES):
+        lines += [f"## {case.replace('_', ' ')}", "", _markdown(headline_table(summary, case)), ""]
+    lines += ["## What each switch does (mAP, overall)", "",
+              "Leave-one-out rows are compared with x_tfclip, add-one-in rows with tf_clip. A difference "
+              "*exceeds noise* only if it is larger than twice the seed-to-seed standard error (the "
+              "spread measured on the baselines) and its 95 % paired bootstrap interval over queries "
+              "excludes zero; otherwise it is *within noise* and is not ranked.", ""]
+    verdicts = verdict_table(summary)
+    shown = verdicts.assign(delta=verdicts.delta.map(_pct),
+                            ci=[f"[{_pct(a)}, {_pct(b)}]" for a, b in zip(verdicts.ci_lo, verdicts.ci_hi)],
+                            noise=verdicts.noise.map(lambda v: "n/a" if math.isnan(v) else f"±{100 * v:.1f}"))
+    lines += [_markdown(shown[["study", "compared_with", "delta", "ci", "noise", "verdict"]], index=False), ""]
+    ranked = verdicts[verdicts.verdict == "exceeds noise"].sort_values("delta", key=abs, ascending=False)
+    if len(ranked):
+        lines.append("Differences beyond the noise, largest first: " + ", ".join(
+            f"{r.study} ({_pct(r.delta)})" for r in ranked.itertuples()) + ".")
+    else:
+        lines.append("No difference exceeds the noise at this budget: no switch can be ranked.")
+    lines += ["", f"![R1](ablation_R1.png)", "", f"![mAP](ablation_mAP.png)", ""]
+    paths["md"].write_text("\n".join(lines))
+
+    parts = [f"<h1>X-TFCLIP ablation report</h1><p>{html.escape(lines[2])}</p><ul>"]
+    parts += [f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in context.items()
+              if k != "statement"]
+    parts.append("</ul>")
+    for case in ("overall", *CASES):
+        parts += [f"<h2>{case}</h2>", headline_table(summary, case).to_html()]
+    parts += ["<h2>Verdicts (mAP, overall)</h2>", verdicts.to_html(index=False, float_format=lambda v: f"{v:.4f}"),
+              '<img src="ablation_R1.png"><img src="ablation_mAP.png">']
+    paths["html"].write_text("<html><body>" + "\n".join(parts) + "</body></html>")
+    return paths

@@ -22,9 +22,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 
 from .config import EXTENSIONS, TEST_TIME_SWITCHES
+from .report import setting_name
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,74 @@ def plan_training_runs(studies: list[Study]) -> list[TrainingRun]:
         if study.run not in runs:
             runs.append(study.run)
     return runs
+
+
+def test_time_settings(run_name: str, studies: list[Study] | None = None) -> list[dict]:
+    """The test-time switch settings that the studies evaluating model `run_name` need."""
+    settings: list[dict] = []
+    for study in plan_studies() if studies is None else studies:
+        if study.run.name == run_name and study.test_time not in settings:
+            settings.append(dict(study.test_time))
+    if not settings:
+        raise KeyError(f"no study evaluates a model named {run_name!r}; "
+                       f"known: {sorted({s.run.name for s in plan_studies()})}")
+    return settings
+
+
+def evaluate_study(run_dir: str | Path, settings: list[dict]) -> pd.DataFrame:
+    """Score a trained run under each test-time setting; keep per-query arrays for the report.
+
+    Writes ``run_dir/per_query/<setting>.npz`` (per case: ``ap``, ``inp``, ``first_rank`` of the
+    valid queries) and returns the per-case table of every setting. Features are extracted once
+    per flip value (and cached in the run folder); the mask only changes the distance matrix.
+    """
+    from . import evaluation
+    from .inference import case_distmats, run_features
+
+    run_dir = Path(run_dir)
+    folder = run_dir / "per_query"
+    folder.mkdir(exist_ok=True)
+    tables = []
+    for flip in sorted({s["flip_tta"] for s in settings}):
+        run = run_features(run_dir, flip_tta=flip)
+        for setting in (s for s in settings if s["flip_tta"] == flip):
+            distmats = case_distmats(run.sets, run.lists, run.cases, run.cfg,
+                                     mask=setting["soft_biometric_mask"], rerank=False)
+            arrays, cases = {}, {}
+            for case in run.cases:
+                q, g = run.sets[case.query], run.sets[case.gallery]
+                cases[case.name] = (distmats[case.name], q.pids, g.pids, q.camids, g.camids)
+                result = evaluation.evaluate(*cases[case.name], max_rank=run.cfg.eval.max_rank,
+                                             per_query=True)
+                valid = result["valid"]
+                for key in ("ap", "inp", "first_rank"):
+                    arrays[f"{case.name}__{key}"] = np.asarray(result[key])[valid]
+            np.savez(folder / f"{setting_name(setting)}.npz", **arrays)
+            table = evaluation.evaluate_cases(cases, max_rank=run.cfg.eval.max_rank)
+            tables.append(table.assign(soft_biometric_mask=setting["soft_biometric_mask"], flip_tta=flip))
+    return pd.concat(tables, ignore_index=True)
+
+
+def run_study(preset: str, variant: str, run_name: str, seed: int, run_dir: str | Path, *,
+              overrides: list[str] = (), train_overrides: list[str] = ()) -> pd.DataFrame:
+    """Train one model of the ablation (or resume / re-use it) and evaluate it for its studies.
+
+    The study is marked done (``done.json``) only after everything was written, so a workbook
+    interrupted anywhere in here redoes exactly this study.
+    """
+    from .config import load_config
+    from .engine import train
+
+    run_dir = Path(run_dir)
+    cfg = load_config(preset, variant, [*overrides, *train_overrides, f"train.seed={seed}"])
+    if not (run_dir / "summary.json").is_file():
+        train(cfg, run_dir, resume=(run_dir / "last.pt").is_file())
+    table = evaluate_study(run_dir, test_time_settings(run_name))
+    table.to_csv(run_dir / "study_metrics.csv", index=False)
+    (run_dir / "done.json").write_text(json.dumps(
+        {"run_name": run_name, "variant": variant, "seed": seed, "preset": preset,
+         "overrides": list(overrides), "train_overrides": list(train_overrides)}, indent=2))
+    return table
 
 
 # --------------------------------------------------------------------------------------------
