@@ -308,3 +308,18 @@ def test_retrieval_results_and_cmc_from_results(tracklets):
     np.testing.assert_allclose(result.evaluate(max_rank=3)["cmc"], [2 / 3, 2 / 3, 1.0])
     fig = plots.cmc_curves({"aerial_to_ground": {"model": result}}, max_rank=3)
     np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), [2 / 3, 2 / 3, 1.0])
+
+
+def test_pretraining_summary_draws_both_panels_or_says_why(tmp_path):
+    from xtfclip_lib.plots import pretraining_summary
+    info = {"source": "tiny", "metrics": {
+        "loss_curve": [[10, 4.0], [20, 3.1], [30, 2.5]],
+        "zero_shot_before": {"top1": 0.05, "top1_ground": 0.06, "top1_aerial": 0.04, "chance": 0.04},
+        "zero_shot_after": {"top1": 0.4, "top1_ground": 0.5, "top1_aerial": 0.3, "chance": 0.04}}}
+    fig = pretraining_summary(info, path=tmp_path / "p.png")
+    loss_ax, shot_ax = fig.axes
+    assert len(loss_ax.lines) == 1 and len(shot_ax.patches) == 6
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    empty = pretraining_summary({"source": "OpenAI CLIP weights"})
+    assert all(not ax.axison for ax in empty.axes)
+    assert "OpenAI" in empty.axes[0].texts[0].get_text()

@@ -701,3 +701,37 @@ def query_browser(cases: Mapping[str, RetrievalResult], top_k: int = 5, frames_p
     query_slider.observe(redraw, names="value")
     redraw()
     return widgets.VBox([widgets.HBox([case_box, query_slider]), output])
+
+
+def pretraining_summary(info: Mapping[str, Any], path: str | os.PathLike | None = None) -> Figure:
+    """Loss curve and zero-shot caption retrieval before/after of a tiny-CLIP pretraining.
+
+    `info` is `workbook.ensure_backbone`'s result: the JSON sidecar of `pretrain.pretrain_tiny_clip`
+    (its ``metrics`` hold ``loss_curve`` as [step, loss] pairs and ``zero_shot_before`` /
+    ``zero_shot_after`` with ``top1``, ``top1_aerial``, ``top1_ground`` and ``chance``). Without
+    metrics (OpenAI weights, random init) both panels say so instead of plotting.
+    """
+    metrics = info.get("metrics") or {}
+    fig = Figure(figsize=(9, 3.2), layout="constrained")
+    loss_ax, shot_ax = fig.subplots(1, 2)
+    curve = np.asarray(metrics.get("loss_curve") or [], dtype=float).reshape(-1, 2)
+    if len(curve):
+        loss_ax.plot(curve[:, 0], curve[:, 1], color="C0")
+        loss_ax.set(xlabel="step", ylabel="contrastive loss", title="pretraining loss")
+    before, after = metrics.get("zero_shot_before"), metrics.get("zero_shot_after")
+    if before and after:
+        groups = ["top1", "top1_ground", "top1_aerial"]
+        x = np.arange(len(groups))
+        shot_ax.bar(x - 0.2, [before.get(g, np.nan) for g in groups], 0.4, label="untrained", color="0.7")
+        shot_ax.bar(x + 0.2, [after.get(g, np.nan) for g in groups], 0.4, label="pretrained", color="C0")
+        shot_ax.axhline(after.get("chance", np.nan), color="k", ls="--", lw=1, label="chance")
+        shot_ax.set_xticks(x, ["all crops", "ground", "aerial"])
+        shot_ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        shot_ax.set(title="zero-shot caption retrieval (held-out ids)", ylim=(0, 1))
+        shot_ax.legend(fontsize=8)
+    for ax in (loss_ax, shot_ax):
+        if not ax.has_data():
+            ax.text(0.5, 0.5, f"no pretraining metrics\n({info.get('source', 'unknown source')})",
+                    ha="center", va="center", transform=ax.transAxes, wrap=True)
+            ax.set_axis_off()
+    return save_figure(fig, path)

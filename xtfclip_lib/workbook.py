@@ -160,6 +160,67 @@ def run_study(preset: str, variant: str, run_name: str, seed: int, run_dir: str 
     return table
 
 
+TINY_ARCHS = ("tiny-clip", "micro-clip")  # configs shipped in model/configs/, pretrainable offline
+
+
+def ensure_backbone(cfg, max_seconds: float = 150.0) -> dict:
+    """Make sure the backbone weights `cfg.model.pretrained` names exist; say where they come from.
+
+    A missing file for a shipped tiny config is pretrained now on the training identities of
+    `cfg.data.root` (`pretrain.pretrain_tiny_clip`); any other missing file is an error naming it.
+    Returns ``source`` plus, for a tiny CLIP, the metrics of its pretraining (JSON sidecar).
+    """
+    source = cfg.model.pretrained
+    if source == "":
+        return {"source": "random initialisation (no pretrained weights)", "arch": cfg.model.arch}
+    if source == "openai":
+        return {"source": "OpenAI CLIP weights (downloaded by open_clip)", "arch": cfg.model.arch}
+    path = Path(source)
+    sidecar = path.with_suffix(".json")
+    if not path.is_file():
+        if cfg.model.arch not in TINY_ARCHS:
+            raise FileNotFoundError(f"model.pretrained={source!r} not found; give a local OpenAI or "
+                                    f"open_clip weights file, 'openai', or '' for random init")
+        from .pretrain import pretrain_tiny_clip
+        log.info("pretraining %s into %s (at most %.0f s)", cfg.model.arch, path, max_seconds)
+        pretrain_tiny_clip(cfg.data.root, path, arch=cfg.model.arch,
+                           image_size=cfg.model.pretrained_image_size, max_seconds=max_seconds,
+                           seed=cfg.data.synth_seed)
+    info = {"source": f"tiny CLIP pretrained offline ({path})", "arch": cfg.model.arch}
+    if sidecar.is_file():
+        info.update(json.loads(sidecar.read_text()))
+    return info
+
+
+def report_context(preset: str, overrides: list[str], out_dir: str | Path) -> dict:
+    """What the workbook's numbers are measured on, for the report's opening lines."""
+    from .config import load_config
+
+    cfg = load_config(preset, "x_tfclip", overrides)
+    manifest = Path(cfg.data.root) / "manifest.json"
+    if manifest.is_file():
+        args = json.loads(manifest.read_text()).get("args", {})
+        dataset = (f"the synthetic aerial-ground video set ({cfg.data.root}: {args.get('num_ids', '?')} "
+                   f"identities, seed {args.get('seed', '?')}), not AG-VPReID")
+    else:
+        dataset = f"the dataset at {cfg.data.root}"
+    backbone = {"": "randomly initialised (no pretraining)",
+                "openai": "OpenAI CLIP weights"}.get(cfg.model.pretrained,
+                                                     f"weights from {cfg.model.pretrained}")
+    seeds = {}
+    for folder in sorted((Path(out_dir) / "studies").glob("*")):
+        seeds[folder.name] = len(list(folder.glob("seed*/done.json")))
+    return {"dataset": dataset, "backbone": f"{cfg.model.arch}, {backbone}",
+            "preset": f"{preset} ({cfg.train.epochs} epochs, input {cfg.data.image_size_hw[0]}x"
+                      f"{cfg.data.image_size_hw[1]}, T={cfg.data.num_frames}, "
+                      f"P x K = {cfg.data.num_ids_per_batch} x {cfg.data.num_tracklets_per_id})",
+            "overrides": ", ".join(overrides) or "none",
+            "seeds": ", ".join(f"{k}: {v}" for k, v in seeds.items()) or "none",
+            "model selection": f"on {cfg.train.select_on} "
+                               + ("(held-out training identities)" if cfg.train.select_on == "val"
+                                  else "(the test set itself: optimistic)")}
+
+
 # --------------------------------------------------------------------------------------------
 # Executing notebooks
 
