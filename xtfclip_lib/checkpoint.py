@@ -22,7 +22,6 @@ import random
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -76,15 +75,24 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except pickle.UnpicklingError as exc:
         raise ValueError(
             f"checkpoint {path} contains pickled Python objects and is refused: only tensors, "
-            f"numbers, strings, lists and dicts are loaded (torch.load weights_only=True). "
-            f"Details: {str(exc).splitlines()[0]}") from None
+            f"numbers, strings, lists and dicts are loaded (torch.load weights_only=True); "
+            f"{_unpickler_culprit(exc)}") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as exc:
+        reason = str(exc).split(". ")[0]
         raise ValueError(
             f"checkpoint {path} is truncated or corrupt ({path.stat().st_size} bytes) and cannot "
-            f"be read: {str(exc).splitlines()[0]}. Delete it, or resume from another checkpoint.") from None
+            f"be read ({reason}). Delete it, or resume from another checkpoint.") from None
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     return state
+
+
+def _unpickler_culprit(exc: Exception) -> str:
+    """The line of torch's weights-only error that names the refused global, if any."""
+    for line in str(exc).splitlines():
+        if "Unsupported global" in line:
+            return line.split("error:", 1)[-1].split(" by default")[0].strip()
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def file_digest(path: str | Path, length: int = 16) -> str:
@@ -116,15 +124,38 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    """Inverse of `rng_state`."""
+    """Inverse of `rng_state` (whatever device the checkpoint was mapped to)."""
     py = state["python"]
     random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss"]))
     nps = state["numpy"]
-    np.random.set_state((nps["name"], nps["keys"].numpy().astype(np.uint32), nps["pos"],
+    np.random.set_state((nps["name"], nps["keys"].cpu().numpy().astype(np.uint32), nps["pos"],
                          nps["has_gauss"], nps["gauss"]))
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+# --------------------------------------------------------------------------------------------
+# The training state
+
+def training_state(*, model, optimizer, scheduler, scaler, criterion, epoch: int,
+                   best_metric: float, best_epoch: int, config: dict, meta: dict) -> dict:
+    """Everything `restore_training_state` needs to continue exactly where training stopped."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "criterion": criterion.state_dict(), "rng": rng_state(), "epoch": int(epoch),
+            "best_metric": float(best_metric), "best_epoch": int(best_epoch),
+            "config": config, "meta": meta}
+
+
+def restore_training_state(state: dict, *, model, optimizer, scheduler, scaler, criterion) -> None:
+    """Load a `training_state` into the live objects, RNG states included."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    criterion.load_state_dict(state["criterion"])
+    set_rng_state(state["rng"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,14 +199,3 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
         elif a != b:
             out.append(f"{name}: {a!r} -> {b!r}")
     return out
-
-
-def to_device(state: Any, device: torch.device) -> Any:
-    """Move every tensor of a nested state to `device` (optimizer state after a CPU load)."""
-    if isinstance(state, torch.Tensor):
-        return state.to(device)
-    if isinstance(state, dict):
-        return {key: to_device(value, device) for key, value in state.items()}
-    if isinstance(state, list):
-        return [to_device(value, device) for value in state]
-    return state

@@ -4,7 +4,7 @@
 `setup_distributed` reads them and joins the process group (nccl on CUDA, gloo on CPU). Without
 them everything runs as a single process and every helper here is a no-op. Only the main process
 (rank 0) logs, writes files and evaluates; features are computed on every rank and gathered on
-rank 0 (`gather_rows`).
+rank 0 (`all_gather_rows`).
 """
 from __future__ import annotations
 
@@ -79,18 +79,18 @@ def barrier() -> None:
         dist.barrier()
 
 
-def gather_rows(rows: torch.Tensor, index: torch.Tensor, total: int) -> torch.Tensor | None:
-    """Collect per-rank rows into one (total, ...) tensor ordered by `index`, on rank 0.
+def all_gather_rows(rows: torch.Tensor, index: torch.Tensor, total: int) -> torch.Tensor:
+    """Collect per-rank rows into one (total, ...) tensor ordered by `index`, on every rank.
 
     rows: (n_r, ...) computed by this rank for the items at positions `index` (n_r,) of the full
     list. Ranks may hold different n_r (shards of uneven size), so each pads to the largest
-    shard before ``all_gather``. Returns the full tensor on rank 0 and None elsewhere; without
-    a process group it just orders `rows`.
+    shard before ``all_gather``. Without a process group it just puts `rows` in order.
     """
     if not (dist.is_available() and dist.is_initialized()):
         out = torch.empty((total, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
         out[index.to(rows.device)] = rows
         return out
+    home = rows.device
     comm_device = rows.device if dist.get_backend() != "gloo" else torch.device("cpu")
     rows, index = rows.to(comm_device), index.to(comm_device, torch.int64)
     count = torch.tensor([rows.shape[0]], device=comm_device)
@@ -105,14 +105,12 @@ def gather_rows(rows: torch.Tensor, index: torch.Tensor, total: int) -> torch.Te
     all_index = [torch.empty_like(padded_index) for _ in counts]
     dist.all_gather(all_rows, padded_rows)
     dist.all_gather(all_index, padded_index)
-    if dist.get_rank() != 0:
-        return None
     rows_cat, index_cat = torch.cat(all_rows), torch.cat(all_index)
     keep = index_cat >= 0
+    assert int(keep.sum()) == total, f"gathered {int(keep.sum())} rows, expected {total}"
     out = torch.empty((total, *rows.shape[1:]), dtype=rows.dtype, device=comm_device)
     out[index_cat[keep]] = rows_cat[keep]
-    assert int(keep.sum()) == total, f"gathered {int(keep.sum())} rows, expected {total}"
-    return out
+    return out.to(home)
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

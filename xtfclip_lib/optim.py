@@ -15,15 +15,19 @@ from torch import nn
 
 from .config import TrainConfig
 
-# Parameter-name fragments of the temporal / frame-level classifier. METHOD §6: the frame-level
-# and the video-level TMD features share ONE bias-free classifier; it is the one trained at
-# ``classifier_lr_factor`` times the base LR.
-CLASSIFIER_LR_NAMES: tuple[str, ...] = ("classifier_tmd", "classifier_temporal", "classifier_frame")
+# Module name of the temporal / frame-level classifier (``model.xtfclip.FRAME_CLASSIFIER``; kept
+# as a literal so this module does not import open_clip). METHOD §6: the frame-level and the
+# video-level TMD features share ONE bias-free classifier; it trains at ``classifier_lr_factor``.
+FRAME_CLASSIFIER = "classifier_tmd"
 
 
 def lr_factor_of(name: str, train: TrainConfig) -> float:
-    """LR multiplier of the parameter called `name` (a key of ``model.named_parameters()``)."""
-    if any(fragment in name for fragment in CLASSIFIER_LR_NAMES):
+    """LR multiplier of the parameter called `name` (a key of ``model.named_parameters()``).
+
+    Under DDP the names carry a ``module.`` prefix, which is ignored.
+    """
+    name = name.removeprefix("module.")
+    if name.startswith(FRAME_CLASSIFIER + "."):
         return train.classifier_lr_factor
     if name.endswith("bias"):
         return train.bias_lr_factor
