@@ -13,20 +13,10 @@ import torch
 
 from xtfclip_lib import engine
 from xtfclip_lib.config import load_config
-from xtfclip_lib.data.synth import generate_synthetic
 from xtfclip_lib.distributed import (DistEnv, all_gather_rows, is_main_process, resolve_device,
                                      setup_distributed)
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="session")
-def quick_root(tmp_path_factory):
-    """20 synthetic identities with short tracklets, shared by every test file of the session."""
-    root = tmp_path_factory.getbasetemp() / "synthetic-quick"
-    if not (root / "manifest.json").is_file():
-        generate_synthetic(root, num_ids=20, seed=0, max_frames=16, workers=1, progress=False)
-    return root
 
 
 def test_single_process_helpers(monkeypatch):

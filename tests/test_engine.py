@@ -20,22 +20,12 @@ from xtfclip_lib.config import load_config
 from xtfclip_lib.data.attributes import ATTRIBUTES, UNKNOWN_CODE
 from xtfclip_lib.data.dataset import Tracklet, load_agvpreid, relabel, split_validation
 from xtfclip_lib.data.loader import build_train_loader, set_loader_epoch
-from xtfclip_lib.data.synth import generate_synthetic
 from xtfclip_lib.distributed import DistEnv
 from xtfclip_lib.losses import Criterion
 from xtfclip_lib.model import build_model
 from xtfclip_lib.optim import EpochSchedule, build_optimizer
 
 TIMING_KEYS = ("epoch_s", "tracklets_per_s")
-
-
-@pytest.fixture(scope="session")
-def quick_root(tmp_path_factory):
-    """20 synthetic identities with short tracklets, shared by every test file of the session."""
-    root = tmp_path_factory.getbasetemp() / "synthetic-quick"
-    if not (root / "manifest.json").is_file():
-        generate_synthetic(root, num_ids=20, seed=0, max_frames=16, workers=1, progress=False)
-    return root
 
 
 @pytest.fixture(autouse=True)

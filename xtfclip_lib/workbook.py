@@ -275,7 +275,7 @@ def run_workbook(preset: str = "tiny", seeds: int = 1, out: str | Path = "result
                           run_dir=str(run.folder(out, seed)))
             jobs.append(("03_ablations", nb_out / f"03_ablations__{run.name}__seed{seed}.ipynb", params))
     x_run = TrainingRun("x_tfclip", "x_tfclip").folder(out, 0)
-    jobs.append(("04_training", nb_out / "04_training.ipynb", dict(common, run_dir=str(x_run))))
+    jobs.append(("04_training", nb_out / "04_training.ipynb", {"run_dir": str(x_run), "out_dir": str(out)}))
     jobs.append(("05_retrieval_visualisation", nb_out / "05_retrieval_visualisation.ipynb",
                  {"run_dir": str(x_run), "out_dir": str(out)}))
     jobs.append(("06_ablation_report", nb_out / "06_ablation_report.ipynb", dict(common)))

@@ -1,0 +1,64 @@
+"""The workbook end to end: every notebook executed by papermill on the `quick` preset."""
+from __future__ import annotations
+
+import json
+import math
+
+import nbformat
+import pandas as pd
+import pytest
+
+from xtfclip_lib.workbook import WorkbookError, execute_notebook, plan_studies, run_workbook
+
+
+@pytest.fixture(scope="module")
+def quick_workbook(quick_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("workbook")
+    summary = run_workbook("quick", seeds=1, out=out, spread_seeds=2,
+                           overrides=(f"data.root={quick_root}", "train.num_threads=1"))
+    return out, summary
+
+
+def test_every_notebook_runs_and_the_report_has_every_study(quick_workbook):
+    out, summary = quick_workbook
+    names = {p.stem.split("__")[0] for p in (out / "notebooks").glob("*.ipynb")}
+    assert names == {"01_data_exploration", "02_backbone_pretraining", "03_ablations", "04_training",
+                     "05_retrieval_visualisation", "06_ablation_report"}
+    table = pd.read_csv(out / "report" / "ablation.csv")
+    studies = [s.name for s in plan_studies()]
+    assert sorted(table.study.unique()) == sorted(studies)
+    assert set(table.case) == {"aerial_to_ground", "ground_to_aerial", "overall"}
+    per_row = table.groupby(["study", "case", "metric"]).size()
+    assert (per_row == 1).all() and len(per_row) == len(studies) * 3 * 5
+    assert table["mean"].map(math.isfinite).all() and table["mean"].between(0, 1).all()
+    on_baseline_models = {s.name for s in plan_studies() if s.run.name in ("tf_clip", "x_tfclip")}
+    assert on_baseline_models == {"tf_clip", "x_tfclip", "loo_soft_biometric_mask", "aoi_soft_biometric_mask"}
+    assert (table[table.study.isin(on_baseline_models)].num_seeds == 2).all()
+    assert (table[~table.study.isin(on_baseline_models)].num_seeds == 1).all()
+    report = (out / "report" / "ablation.md").read_text()
+    assert "not taken from the X-TFCLIP paper" in report and "loo_frame_pos_embed" in report
+    for figure in ("ranked_aerial_to_ground.png", "embedding_pca.png", "cmc.png", "identity_montage.png"):
+        assert (out / "figures" / figure).stat().st_size > 0
+    executed = nbformat.read(out / "notebooks" / "06_ablation_report.ipynb", as_version=4)
+    assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")
+
+
+def test_a_second_run_skips_finished_studies(quick_workbook, quick_root):
+    out, first = quick_workbook
+    summary = run_workbook("quick", seeds=1, out=out, spread_seeds=2,
+                           overrides=(f"data.root={quick_root}", "train.num_threads=1"))
+    assert summary["skipped_done"] == first["training_runs"] + 2   # the baselines' second seeds too
+    assert not any(name.startswith("03_ablations") for name in summary["elapsed_s"])
+
+
+def test_a_failing_notebook_is_named_and_kept(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x: int = 1  # a parameter", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("raise ValueError('broken on purpose')")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "99_broken.ipynb")
+    output = tmp_path / "out" / "99_broken.ipynb"
+    with pytest.raises(WorkbookError, match=r"99_broken failed in cell .*ValueError: broken on purpose"):
+        execute_notebook("99_broken", output, {"x": 2}, notebooks_dir=tmp_path)
+    assert output.is_file() and "broken on purpose" in output.read_text()
+    assert json.loads(output.read_text())["cells"]
