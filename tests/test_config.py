@@ -35,8 +35,8 @@ def test_paper_preset_is_the_method():
 
 def test_tiny_preset_types_are_coerced():
     cfg = load_config("tiny")
-    assert cfg.data.image_size_hw == (96, 48) and isinstance(cfg.data.image_size_hw, tuple)
-    assert cfg.train.lr_steps == (6,)
+    assert cfg.data.image_size_hw == (64, 32) and isinstance(cfg.data.image_size_hw, tuple)
+    assert cfg.train.lr_steps == (8,)
 
 
 def test_override_flips_one_switch_only():

@@ -166,16 +166,17 @@ def test_checkpoint_and_sidecar(pretrained, tiny_set):
     assert not list(out.parent.glob(".*partial*"))
 
 
-def test_checkpoint_loads_into_the_reid_backbone_at_96x48(pretrained, tiny_set):
+def test_checkpoint_loads_into_the_reid_backbone_at_the_tiny_input(pretrained, tiny_set):
     out, _ = pretrained
     cfg = load_config("tiny", "x_tfclip", [("data.root", str(tiny_set)), ("model.pretrained", str(out))])
     model = build_model(cfg, num_classes=4)
     source = torch.load(out, map_location="cpu", weights_only=True)["state_dict"]
     loaded = model.backbone.visual.positional_embedding.detach()
-    assert loaded.shape == (1 + 12 * 6, 128)
+    grid = (cfg.data.image_size_hw[0] // 8, cfg.data.image_size_hw[1] // 8)
+    assert grid[0] != grid[1] and loaded.shape == (1 + grid[0] * grid[1], 128)
     torch.testing.assert_close(loaded[0], source["visual.positional_embedding"][0])
     torch.testing.assert_close(loaded, resize_position_embedding(source["visual.positional_embedding"],
-                                                                 (12, 6), "bicubic"))
+                                                                 grid, "bicubic"))
     torch.testing.assert_close(model.backbone.visual.conv1.weight.detach(), source["visual.conv1.weight"])
 
 

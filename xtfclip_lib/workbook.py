@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -252,47 +254,63 @@ def execute_notebook(name: str, output: Path, parameters: dict, notebooks_dir: P
 
 
 def run_workbook(preset: str = "tiny", seeds: int = 1, out: str | Path = "results/workbook", *,
-                 spread_seeds: int = 2, overrides: tuple[str, ...] = (),
+                 spread_seeds: int = 2, overrides: tuple[str, ...] = (), jobs: int = 1,
                  notebooks_dir: Path = NOTEBOOK_DIR, studies: list[Study] | None = None) -> dict:
     """Run every notebook in order; return a summary (timings, executed notebooks, report path).
 
     `seeds` models are trained for every study; the two baselines get `max(seeds, spread_seeds)`
     so that the report always has a seed-to-seed spread to compare differences against.
+    `jobs` studies train side by side, each with its share of the CPU threads (small models
+    use two single-threaded processes better than one process with two threads).
     """
     out = Path(out).resolve()
     studies = plan_studies() if studies is None else studies
     runs = plan_training_runs(studies)
-    jobs: list[tuple[str, Path, dict]] = []
     nb_out = out / "notebooks"
     common = {"preset": preset, "overrides": list(overrides), "out_dir": str(out)}
-    jobs.append(("01_data_exploration", nb_out / "01_data_exploration.ipynb", dict(common)))
-    jobs.append(("02_backbone_pretraining", nb_out / "02_backbone_pretraining.ipynb", dict(common)))
+    before = [("01_data_exploration", nb_out / "01_data_exploration.ipynb", dict(common)),
+              ("02_backbone_pretraining", nb_out / "02_backbone_pretraining.ipynb", dict(common))]
+    threads = [f"train.num_threads={max(1, (os.cpu_count() or 1) // jobs)}"] if jobs > 1 else []
+    ablations = []
     for run in runs:
         num = max(seeds, spread_seeds) if run.name in BASELINES else seeds
         for seed in range(num):
-            params = dict(common, run_name=run.name, variant=run.variant,
-                          train_overrides=list(run.overrides), seed=seed,
+            params = dict(common, overrides=[*overrides, *threads], run_name=run.name,
+                          variant=run.variant, train_overrides=list(run.overrides), seed=seed,
                           run_dir=str(run.folder(out, seed)))
-            jobs.append(("03_ablations", nb_out / f"03_ablations__{run.name}__seed{seed}.ipynb", params))
+            ablations.append(("03_ablations", nb_out / f"03_ablations__{run.name}__seed{seed}.ipynb", params))
     x_run = TrainingRun("x_tfclip", "x_tfclip").folder(out, 0)
-    jobs.append(("04_training", nb_out / "04_training.ipynb", {"run_dir": str(x_run), "out_dir": str(out)}))
-    jobs.append(("05_retrieval_visualisation", nb_out / "05_retrieval_visualisation.ipynb",
-                 {"run_dir": str(x_run), "out_dir": str(out)}))
-    jobs.append(("06_ablation_report", nb_out / "06_ablation_report.ipynb", dict(common)))
+    after = [("04_training", nb_out / "04_training.ipynb", {"run_dir": str(x_run), "out_dir": str(out)}),
+             ("05_retrieval_visualisation", nb_out / "05_retrieval_visualisation.ipynb",
+              {"run_dir": str(x_run), "out_dir": str(out)}),
+             ("06_ablation_report", nb_out / "06_ablation_report.ipynb", dict(common))]
 
+    todo = [job for job in ablations if not (Path(job[2]["run_dir"]) / "done.json").is_file()]
+    skipped = len(ablations) - len(todo)
     timings: dict[str, float] = {}
-    skipped = 0
-    bar = tqdm(jobs, desc="workbook", unit="notebook")
-    for name, output, params in bar:
-        bar.set_postfix_str(output.stem)
-        done = Path(params["run_dir"]) / "done.json" if name == "03_ablations" else None
-        if done is not None and done.is_file():
-            skipped += 1
-            continue
+    bar = tqdm(total=len(before) + len(todo) + len(after), desc="workbook", unit="notebook")
+
+    def execute(job: tuple[str, Path, dict]) -> None:
+        name, output, params = job
         start = time.perf_counter()
         execute_notebook(name, output, params, notebooks_dir, cwd=Path.cwd())
         timings[output.stem] = round(time.perf_counter() - start, 1)
-    summary = {"preset": preset, "seeds": seeds, "spread_seeds": spread_seeds,
+        bar.set_postfix_str(output.stem)
+        bar.update()
+
+    for job in before:
+        execute(job)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [pool.submit(execute, job) for job in todo]
+        for future in as_completed(futures):
+            if future.exception() is not None:     # stop at the first failure, naming it
+                for other in futures:
+                    other.cancel()
+                raise future.exception()
+    for job in after:
+        execute(job)
+    bar.close()
+    summary = {"preset": preset, "seeds": seeds, "spread_seeds": spread_seeds, "jobs": jobs,
                "studies": [s.name for s in studies], "training_runs": len(runs),
                "skipped_done": skipped, "elapsed_s": timings,
                "report": str(out / "report" / "ablation.md")}

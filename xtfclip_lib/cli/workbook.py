@@ -22,6 +22,9 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default="results/workbook", help="results folder (default results/workbook)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="dotted config override applied to every study, e.g. train.epochs=4 (repeatable)")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="studies trained side by side, each with an equal share of the CPU "
+                             "threads (default 2: two single-threaded studies on a 2-core machine)")
     parser.add_argument("--notebooks", default=None, help="folder of the notebooks (default: the project's notebooks/)")
     parser.set_defaults(func=_run)
 
@@ -30,11 +33,12 @@ def _run(args) -> int:
     from ..config import load_config
     from ..workbook import NOTEBOOK_DIR, run_workbook
 
-    if args.seeds < 1 or args.spread_seeds < 1:
-        raise ValueError(f"--seeds and --spread-seeds must be >= 1, got {args.seeds} and {args.spread_seeds}")
+    if min(args.seeds, args.spread_seeds, args.jobs) < 1:
+        raise ValueError(f"--seeds, --spread-seeds and --jobs must be >= 1, got {args.seeds}, "
+                         f"{args.spread_seeds} and {args.jobs}")
     load_config(args.preset, "x_tfclip", args.overrides)  # fail fast on a bad preset or override
     summary = run_workbook(args.preset, args.seeds, args.out, spread_seeds=args.spread_seeds,
-                           overrides=tuple(args.overrides),
+                           overrides=tuple(args.overrides), jobs=args.jobs,
                            notebooks_dir=Path(args.notebooks) if args.notebooks else NOTEBOOK_DIR)
     log.info("workbook done: report at %s", summary["report"])
     return 0
