@@ -36,7 +36,7 @@ def test_paper_preset_is_the_method():
 def test_tiny_preset_types_are_coerced():
     cfg = load_config("tiny")
     assert cfg.data.image_size_hw == (64, 32) and isinstance(cfg.data.image_size_hw, tuple)
-    assert cfg.train.lr_steps == (8,)
+    assert cfg.train.lr_steps == (6,)
 
 
 def test_override_flips_one_switch_only():

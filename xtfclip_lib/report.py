@@ -210,7 +210,7 @@ def _pct(value: float) -> str:
 
 def _markdown(table: pd.DataFrame, index: bool = True) -> str:
     """A GitHub markdown table without the optional `tabulate` dependency."""
-    frame = table.reset_index() if index else table
+    frame = table.rename_axis("study").reset_index() if index else table
     header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]

@@ -37,6 +37,7 @@ def _run(args) -> int:
         raise ValueError(f"--seeds, --spread-seeds and --jobs must be >= 1, got {args.seeds}, "
                          f"{args.spread_seeds} and {args.jobs}")
     load_config(args.preset, "x_tfclip", args.overrides)  # fail fast on a bad preset or override
+    logging.getLogger("papermill").setLevel(logging.WARNING)  # our own progress bar says enough
     summary = run_workbook(args.preset, args.seeds, args.out, spread_seeds=args.spread_seeds,
                            overrides=tuple(args.overrides), jobs=args.jobs,
                            notebooks_dir=Path(args.notebooks) if args.notebooks else NOTEBOOK_DIR)
