@@ -27,9 +27,11 @@ def test_paper_schedule_at_given_epochs(epoch, expected):
 
 
 def test_tiny_schedule_and_no_warmup():
-    tiny = load_config("tiny").train
+    tiny = load_config("tiny").train   # one warm-up epoch from 0.1x, one step at epoch 6
+    assert (tiny.warmup_epochs, tiny.warmup_factor, tiny.lr_steps) == (1, 0.1, (6,))
+    base = tiny.base_lr
     assert [lr_at_epoch(e, tiny) for e in range(8)] == pytest.approx(
-        [1e-5, 1e-4, 1e-4, 1e-4, 1e-4, 1e-4, 1e-5, 1e-5])
+        [0.1 * base] + [base] * 5 + [0.1 * base] * 2)
     flat = TrainConfig(base_lr=1.0, warmup_epochs=0, lr_steps=(2,), lr_gamma=0.5)
     assert [lr_at_epoch(e, flat) for e in range(4)] == [1.0, 1.0, 0.5, 0.5]
     with pytest.raises(ValueError, match="epoch"):
