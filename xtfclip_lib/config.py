@@ -2,7 +2,7 @@
 
 A run is fully described by one `Config`. It is built in three layers, always in this order:
 
-1. the defaults below (the method of ../METHOD.md at paper scale);
+1. the defaults below (the method of docs/METHOD.md at paper scale);
 2. a YAML *preset* from ``xtfclip_lib/presets/`` (``paper``, ``tiny``, ``quick``) that lists only
    its differences from the defaults;
 3. a *variant* (``x_tfclip``: every switch on, ``tf_clip``: every switch off) and then dotted
