@@ -265,7 +265,7 @@ def write_report(summary: pd.DataFrame, out_dir: str | Path, context: dict) -> d
             f"{r.study} ({_pct(r.delta)})" for r in ranked.itertuples()) + ".")
     else:
         lines.append("No difference exceeds the noise at this budget: no switch can be ranked.")
-    lines += ["", f"![R1](ablation_R1.png)", "", f"![mAP](ablation_mAP.png)", ""]
+    lines += ["", "![R1](ablation_R1.png)", "", "![mAP](ablation_mAP.png)", ""]
     paths["md"].write_text("\n".join(lines))
 
     parts = [f"<h1>X-TFCLIP ablation report</h1><p>{html.escape(lines[2])}</p><ul>"]
