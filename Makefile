@@ -25,7 +25,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow or gpu"
 
 data: $(STAMP)
-	$(PY) -m xtfclip_lib synth --root data/synthetic-ag --ids 180 --seed 0
+	$(PY) -m xtfclip_lib synth --root data/synthetic-ag
 
 pretrain: data
 	$(PY) -m xtfclip_lib pretrain-clip --data data/synthetic-ag --out data/tiny-clip/tiny_clip.pt

@@ -36,7 +36,15 @@ def test_paper_preset_is_the_method():
 def test_tiny_preset_types_are_coerced():
     cfg = load_config("tiny")
     assert cfg.data.image_size_hw == (64, 32) and isinstance(cfg.data.image_size_hw, tuple)
-    assert cfg.train.lr_steps == (6,)
+    assert isinstance(cfg.train.lr_steps, tuple) and all(type(s) is int for s in cfg.train.lr_steps)
+    assert cfg.train.lr_steps[-1] < cfg.train.epochs
+    assert type(cfg.train.backbone_lr_factor) is float and cfg.train.num_threads == 1
+
+
+def test_backbone_lr_factor_is_the_method_rule_by_default():
+    """1.0 in the defaults and the paper preset: the method's parameter groups are unchanged."""
+    assert load_config("paper").train.backbone_lr_factor == 1.0
+    assert load_config("quick").train.backbone_lr_factor == 1.0
 
 
 def test_override_flips_one_switch_only():

@@ -132,6 +132,17 @@ def test_criterion_total_is_the_weighted_sum():
     assert terms["loss"] == pytest.approx(total.item()) == pytest.approx(expected, rel=1e-5)
     assert all(isinstance(v, float) for v in terms.values())
     assert terms["acc_img"] == terms["acc_frame"] == terms["acc_i2t"] == 1.0
+    # the logged hardest distances are the ones the triplet term is made of
+    for name in ("img", "proj", "tmd"):
+        x = out[f"f_{name}"].detach()
+        dist = torch.cdist(x, x)
+        same = labels[:, None] == labels[None, :]
+        pos = dist.masked_fill(~same, -1.0).max(1).values
+        neg = dist.masked_fill(same, float("inf")).min(1).values
+        assert terms[f"dist_pos_{name}"] == pytest.approx(pos.mean().item(), rel=1e-4)
+        assert terms[f"dist_neg_{name}"] == pytest.approx(neg.mean().item(), rel=1e-4)
+        assert terms[f"triplet_{name}"] == pytest.approx((pos - neg + 0.3).clamp(min=0).mean().item(),
+                                                          rel=1e-4, abs=1e-6)
     total.backward()
     assert out["f_img"].grad is not None and out["logits_img"].grad is not None
 

@@ -97,6 +97,35 @@ def test_switch_changes_only_its_own_parts(variant, switch):
         assert any(key.startswith(prefix) for key in differing), prefix
 
 
+@pytest.mark.parametrize("variant", ["x_tfclip", "tf_clip"])
+@pytest.mark.parametrize("switch", SWITCHES)
+def test_switch_leaves_the_initial_weights_of_every_other_module(variant, switch):
+    """Same seed, one switch flipped: every weight both models have starts equal (a paired
+    ablation), and the global generator ends in the same state."""
+    def build(cfg):
+        torch.manual_seed(123)
+        model = build_model(cfg, NUM_CLASSES)
+        return model.state_dict(), torch.random.get_rng_state()
+
+    base, base_rng = build(quick(variant))
+    flipped, flipped_rng = build(quick(variant, f"features.{switch}={variant == 'tf_clip'}"))
+    shared = sorted(set(base) & set(flipped))
+    assert len(shared) > 50
+    different = [key for key in shared if not torch.equal(base[key], flipped[key])]
+    assert different == []
+    assert torch.equal(base_rng, flipped_rng)
+
+
+def test_initial_weights_follow_the_seed():
+    """The streams come from the global seed: another seed gives other head weights."""
+    torch.manual_seed(1)
+    first = build_model(quick(), NUM_CLASSES).state_dict()
+    torch.manual_seed(2)
+    second = build_model(quick(), NUM_CLASSES).state_dict()
+    assert not torch.equal(first["ssp.memory_in.1.weight"], second["ssp.memory_in.1.weight"])
+    assert not torch.equal(first["classifier_img.weight"], second["classifier_img.weight"])
+
+
 def test_frame_embedding_exists_only_when_on():
     on = build_model(quick("x_tfclip"), NUM_CLASSES)
     off = build_model(quick("x_tfclip", "features.frame_pos_embed=false"), NUM_CLASSES)

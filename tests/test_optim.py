@@ -27,11 +27,11 @@ def test_paper_schedule_at_given_epochs(epoch, expected):
 
 
 def test_tiny_schedule_and_no_warmup():
-    tiny = load_config("tiny").train   # one warm-up epoch from 0.1x, one step at epoch 6
-    assert (tiny.warmup_epochs, tiny.warmup_factor, tiny.lr_steps) == (1, 0.1, (6,))
-    base = tiny.base_lr
-    assert [lr_at_epoch(e, tiny) for e in range(8)] == pytest.approx(
-        [0.1 * base] + [base] * 5 + [0.1 * base] * 2)
+    tiny = load_config("tiny").train   # one warm-up epoch from 0.1x, one step near the end
+    assert (tiny.warmup_epochs, tiny.warmup_factor, len(tiny.lr_steps)) == (1, 0.1, 1)
+    base, step = tiny.base_lr, tiny.lr_steps[0]
+    assert [lr_at_epoch(e, tiny) for e in range(tiny.epochs)] == pytest.approx(
+        [0.1 * base] + [base] * (step - 1) + [0.1 * base] * (tiny.epochs - step))
     flat = TrainConfig(base_lr=1.0, warmup_epochs=0, lr_steps=(2,), lr_gamma=0.5)
     assert [lr_at_epoch(e, flat) for e in range(4)] == [1.0, 1.0, 0.5, 0.5]
     with pytest.raises(ValueError, match="epoch"):
@@ -65,6 +65,19 @@ def test_param_groups_factors_and_schedule():
     other = EpochSchedule(build_optimizer(_Toy(), train), train)
     other.load_state_dict(schedule.state_dict())
     assert sorted(g["lr"] for g in other.optimizer.param_groups) == pytest.approx([0.1, 0.2, 1.0])
+
+
+def test_backbone_lr_factor_scales_the_image_tower_only():
+    """The backbone's weights at backbone_lr_factor, its biases at that times bias_lr_factor; the
+    heads and the x10 TMD classifier keep their method factors."""
+    train = TrainConfig(base_lr=1.0, warmup_epochs=0, lr_steps=(100,), backbone_lr_factor=0.25)
+    model = _Toy()
+    model.head = nn.Linear(3, 3)
+    groups = {g["lr_factor"]: g["params"] for g in param_groups(model, train)}
+    assert groups[0.25] == [model.backbone.weight]
+    assert groups[0.5] == [model.backbone.bias]
+    assert groups[10.0] == [model.classifier_tmd.weight]
+    assert groups[1.0] == [model.head.weight] and groups[2.0] == [model.head.bias]
 
 
 def test_gradient_centralisation_leaves_zero_mean_gradients():

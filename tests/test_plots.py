@@ -310,16 +310,33 @@ def test_retrieval_results_and_cmc_from_results(tracklets):
     np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), [2 / 3, 2 / 3, 1.0])
 
 
-def test_pretraining_summary_draws_both_panels_or_says_why(tmp_path):
+def test_pretraining_summary_draws_every_panel_or_says_why(tmp_path):
     from xtfclip_lib.plots import pretraining_summary
     info = {"source": "tiny", "metrics": {
         "loss_curve": [[10, 4.0], [20, 3.1], [30, 2.5]],
+        "spread_before": {"mean_cosine": 0.93, "mean_cosine_proj": 0.95},
+        "spread_after": {"mean_cosine": 0.2, "mean_cosine_proj": 0.1},
         "zero_shot_before": {"top1": 0.05, "top1_ground": 0.06, "top1_aerial": 0.04, "chance": 0.04},
         "zero_shot_after": {"top1": 0.4, "top1_ground": 0.5, "top1_aerial": 0.3, "chance": 0.04}}}
     fig = pretraining_summary(info, path=tmp_path / "p.png")
-    loss_ax, shot_ax = fig.axes
+    loss_ax, spread_ax, shot_ax = fig.axes
     assert len(loss_ax.lines) == 1 and len(shot_ax.patches) == 6
+    assert [round(p.get_height(), 2) for p in spread_ax.patches] == [0.93, 0.95, 0.2, 0.1]
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
     empty = pretraining_summary({"source": "OpenAI CLIP weights"})
     assert all(not ax.axison for ax in empty.axes)
     assert "OpenAI" in empty.axes[0].texts[0].get_text()
+
+
+def test_training_diagnostics_plots_accuracies_and_triplet_distances(tmp_path):
+    from xtfclip_lib.plots import training_diagnostics
+    metrics = pd.DataFrame({"epoch": [1, 2, 3], "acc_img": [0.1, 0.4, 0.7], "acc_i2t": [0.3, 0.5, 0.8],
+                            "dist_pos_img": [2.0, 1.5, 1.2], "dist_neg_img": [1.8, 1.9, 2.1]})
+    fig = training_diagnostics(metrics, path=tmp_path / "d.png")
+    acc_ax, dist_ax = fig.axes
+    assert [line.get_label() for line in acc_ax.lines] == ["acc_img", "acc_i2t"]
+    np.testing.assert_allclose(dist_ax.lines[1].get_ydata(), [1.8, 1.9, 2.1])
+    assert dist_ax.lines[1].get_linestyle() == "--"
+    assert (tmp_path / "d.png").is_file()
+    empty = training_diagnostics(pd.DataFrame({"epoch": [1]}))
+    assert "not logged" in empty.axes[1].texts[0].get_text()

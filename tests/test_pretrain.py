@@ -16,7 +16,7 @@ from xtfclip_lib.data.dataset import Tracklet
 from xtfclip_lib.data.synth import ATTRIBUTE_VALUES, generate_synthetic
 from xtfclip_lib.model import build_model, resize_position_embedding
 from xtfclip_lib.pretrain import (ATTRIBUTE_WORDS, _token_counter, caption_for, clothing_colours,
-                                  make_captions, pretrain_tiny_clip)
+                                  feature_spread, make_captions, pretrain_tiny_clip)
 
 UNKNOWN = dict(UNKNOWN_CODE)
 # A woman aged 18-24 in a jacket and jeans with a backpack; everything else unknown.
@@ -34,14 +34,15 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "ag"
-    generate_synthetic(root, num_ids=12, seed=0, min_frames=8, max_frames=10, workers=1, progress=False)
+    generate_synthetic(root, num_ids=12, seed=0, min_frames=8, max_frames=10, test_fraction=1 / 3,
+                       workers=1, progress=False)
     return root
 
 
 @pytest.fixture(scope="module")
 def pretrained(tiny_set, tmp_path_factory, one_thread) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("clip") / "tiny_clip.pt"
-    metrics = pretrain_tiny_clip(tiny_set, out, max_seconds=None, max_steps=10, batch_size=6,
+    metrics = pretrain_tiny_clip(tiny_set, out, steps=10, batch_size=6,
                                  lr=2e-3, seed=0, progress=False)
     return out, metrics
 
@@ -137,6 +138,10 @@ def test_pretraining_lowers_the_contrastive_loss(pretrained):
     assert metrics["steps"] == 10
     assert metrics["probe_loss_after"] < metrics["probe_loss_before"] - 0.05
     assert len(metrics["loss_curve"]) == 10 and metrics["loss_curve"][-1][0] == 10
+    for key in ("spread_before", "spread_after"):
+        spread = metrics[key]
+        assert -1 <= spread["mean_cosine"] <= 1 and 0 <= spread["varying_energy"] <= 1
+        assert -1 <= spread["mean_cosine_proj"] <= 1 and spread["num"] == metrics["num_train_tracklets"]
     for key in ("zero_shot_before", "zero_shot_after"):
         zero_shot = metrics[key]
         assert 0 <= zero_shot["top1"] <= 1 and zero_shot["num_ids"] == 2
@@ -180,37 +185,101 @@ def test_checkpoint_loads_into_the_reid_backbone_at_the_tiny_input(pretrained, t
     torch.testing.assert_close(model.backbone.visual.conv1.weight.detach(), source["visual.conv1.weight"])
 
 
-def test_same_seed_and_steps_give_the_same_weights(tiny_set, tmp_path, one_thread):
-    states = []
-    for name in ("a.pt", "b.pt"):
-        pretrain_tiny_clip(tiny_set, tmp_path / name, max_seconds=None, max_steps=2, batch_size=4,
-                           seed=3, progress=False)
-        states.append(torch.load(tmp_path / name, weights_only=True)["state_dict"])
-    assert states[0].keys() == states[1].keys()
-    for key in states[0]:
-        torch.testing.assert_close(states[0][key], states[1][key], rtol=0, atol=0)
+def test_same_seed_and_steps_give_a_byte_identical_checkpoint(tiny_set, tmp_path, monkeypatch):
+    """The budget counts steps: a run on a 'slow machine' (every clock reading 30 s later than
+    the last) gives the same bytes as a run on a fast one, and runs exactly `steps` steps."""
+    import time as time_module
+
+    fast = pretrain_tiny_clip(tiny_set, tmp_path / "fast.pt", steps=3, batch_size=4, seed=3,
+                              num_threads=1, progress=False)
+    clock = iter(range(0, 10**6, 30))
+    monkeypatch.setattr(time_module, "perf_counter", lambda: float(next(clock)))
+    slow = pretrain_tiny_clip(tiny_set, tmp_path / "slow.pt", steps=3, batch_size=4, seed=3,
+                              num_threads=1, progress=False)
+    assert fast["steps"] == slow["steps"] == 3
+    assert (tmp_path / "fast.pt").read_bytes() == (tmp_path / "slow.pt").read_bytes()
+    other = pretrain_tiny_clip(tiny_set, tmp_path / "other.pt", steps=3, batch_size=4, seed=4,
+                               num_threads=1, progress=False)
+    assert other["steps"] == 3
+    assert (tmp_path / "other.pt").read_bytes() != (tmp_path / "fast.pt").read_bytes()
+
+
+def test_time_ceiling_is_an_error_never_an_early_stop(tiny_set, tmp_path, monkeypatch):
+    import time as time_module
+
+    from xtfclip_lib.pretrain import PretrainTimeout
+
+    clock = iter(range(0, 10**6, 30))
+    monkeypatch.setattr(time_module, "perf_counter", lambda: float(next(clock)))
+    with pytest.raises(PretrainTimeout, match="max_seconds=100.*nothing was written"):
+        pretrain_tiny_clip(tiny_set, tmp_path / "x.pt", steps=50, max_seconds=100, batch_size=4,
+                           num_threads=1, progress=False)
+    assert not (tmp_path / "x.pt").exists() and not (tmp_path / "x.json").exists()
+
+
+def test_pretraining_restores_the_thread_count(tiny_set, tmp_path):
+    threads = torch.get_num_threads()
+    metrics = pretrain_tiny_clip(tiny_set, tmp_path / "x.pt", steps=1, batch_size=4, num_threads=1,
+                                 progress=False)
+    assert torch.get_num_threads() == threads and metrics["steps"] == 1
+    sidecar = json.loads((tmp_path / "x.json").read_text())
+    assert sidecar["settings"]["torch_threads"] == 1 and sidecar["settings"]["steps"] == 1
 
 
 def test_refuses_to_overwrite(pretrained, tiny_set):
     out, _ = pretrained
     before = out.read_bytes()
     with pytest.raises(ValueError, match="exists; pass overwrite=True"):
-        pretrain_tiny_clip(tiny_set, out, max_seconds=None, max_steps=1, progress=False)
+        pretrain_tiny_clip(tiny_set, out, steps=1, progress=False)
     assert out.read_bytes() == before
 
 
 def test_argument_errors(tiny_set, tmp_path):
-    with pytest.raises(ValueError, match="max_seconds, max_steps"):
-        pretrain_tiny_clip(tiny_set, tmp_path / "x.pt", max_seconds=None, max_steps=None)
+    with pytest.raises(ValueError, match="steps=0"):
+        pretrain_tiny_clip(tiny_set, tmp_path / "x.pt", steps=0)
+    with pytest.raises(ValueError, match="steps=2.5"):
+        pretrain_tiny_clip(tiny_set, tmp_path / "x.pt", steps=2.5)
+    with pytest.raises(ValueError, match="max_seconds=-1"):
+        pretrain_tiny_clip(tiny_set, tmp_path / "x.pt", steps=1, max_seconds=-1)
     with pytest.raises(FileNotFoundError, match="not found"):
-        pretrain_tiny_clip(tmp_path / "missing", tmp_path / "x.pt", max_steps=1)
+        pretrain_tiny_clip(tmp_path / "missing", tmp_path / "x.pt", steps=1)
 
 
 def test_cli_refuses_to_overwrite_and_has_help(pretrained, tiny_set, capsys):
     out, _ = pretrained
-    assert main(["pretrain-clip", "--data", str(tiny_set), "--out", str(out), "--max-steps", "1"]) == 2
+    assert main(["pretrain-clip", "--data", str(tiny_set), "--out", str(out), "--steps", "1"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["pretrain-clip", "--help"])
     assert exc.value.code == 0
-    assert "--max-seconds" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "--steps" in text and "--max-seconds" in text
+
+
+def test_feature_spread_on_hand_cases():
+    same = feature_spread(np.tile([[1.0, 2.0, 3.0]], (4, 1)))
+    assert same["mean_cosine"] == pytest.approx(1.0) and same["varying_energy"] == pytest.approx(0.0)
+    basis = feature_spread(np.eye(3))            # orthogonal: cosine 0; mean (1/3, 1/3, 1/3)
+    assert basis["mean_cosine"] == pytest.approx(0.0, abs=1e-12)
+    assert basis["varying_energy"] == pytest.approx(2 / 3)
+    opposite = feature_spread(np.array([[1.0, 0.0], [-1.0, 0.0]]))
+    assert opposite["mean_cosine"] == pytest.approx(-1.0) and opposite["varying_energy"] == pytest.approx(1.0)
+    # the mean over pairs equals a plain loop
+    x = np.random.default_rng(0).normal(size=(7, 5)) + 2.0
+    n = x / np.linalg.norm(x, axis=1, keepdims=True)
+    loop = np.mean([n[i] @ n[j] for i in range(7) for j in range(7) if i != j])
+    assert feature_spread(x)["mean_cosine"] == pytest.approx(loop)
+    with pytest.raises(ValueError, match="N >= 2"):
+        feature_spread(np.ones((1, 3)))
+
+
+def test_caption_colours_named_coarse_or_none():
+    from xtfclip_lib.pretrain import COARSE_COLOURS, COLOUR_NAMES, caption_colours
+
+    colours = {1: ("red", "navy"), 2: (None, "white")}
+    assert caption_colours(colours, "named") == colours
+    assert caption_colours(colours, "coarse") == {1: ("bright", "dark"), 2: (None, "pale")}
+    assert caption_colours(colours, "none") == {1: (None, None), 2: (None, None)}
+    assert set(COARSE_COLOURS) == {name for name, _ in COLOUR_NAMES}
+    with pytest.raises(ValueError, match="colour_words='pastel'"):
+        caption_colours(colours, "pastel")

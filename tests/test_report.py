@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from xtfclip_lib.report import (StudyResult, bootstrap_ci, collect_studies, delta_table, headline_table,
@@ -117,3 +118,55 @@ def test_collect_studies_reads_finished_seeds_only(tmp_path):
     np.testing.assert_array_equal(result.results[0]["aerial_to_ground"]["first_rank"], [1, 2, 3])
     with pytest.raises(FileNotFoundError, match="tf_clip"):
         collect_studies(tmp_path, [plan_studies()[0]])
+
+
+def _fake_study(root, variant, seed, r1, acc, platform):
+    """A finished study folder as `workbook.run_study` leaves it, with chosen numbers."""
+    folder = root / "studies" / variant / f"seed{seed}"
+    folder.mkdir(parents=True)
+    (folder / "done.json").write_text("{}")
+    flip = variant == "x_tfclip"
+    (folder / "config.yaml").write_text(f"features:\n  flip_tta: {str(flip).lower()}\n")
+    rows = []
+    for (model, mask), value in r1.items():
+        for case, offset in (("aerial_to_ground", -0.01), ("ground_to_aerial", 0.01), ("overall", 0.0)):
+            rows.append({"case": case, "R1": value + offset, "mAP": value, "model": model,
+                         "soft_biometric_mask": mask, "flip_tta": flip})
+    rows.append({"case": "overall", "R1": 0.99, "mAP": 0.99, "model": "trained",
+                 "soft_biometric_mask": True, "flip_tta": not flip})   # another flip: ignored
+    pd.DataFrame(rows).to_csv(folder / "study_metrics.csv", index=False)
+    pd.DataFrame({"epoch": [1, 2], "acc_img": [0.1, acc]}).to_csv(folder / "metrics.csv", index=False)
+    pd.DataFrame({"case": ["aerial_to_ground", "ground_to_ground"], "R1": platform}).to_csv(
+        folder / "platform_metrics.csv", index=False)
+
+
+def test_calibration_table_and_checks(tmp_path):
+    from xtfclip_lib.report import calibration_checks, calibration_table
+
+    good_x = {("trained", True): 0.6, ("untrained", True): 0.25, ("trained", False): 0.3, ("untrained", False): 0.1}
+    good_t = {("trained", True): 0.5, ("untrained", True): 0.2, ("trained", False): 0.2, ("untrained", False): 0.05}
+    for seed, shift in ((0, 0.0), (1, 0.02)):
+        _fake_study(tmp_path, "x_tfclip", seed, {k: v + shift for k, v in good_x.items()}, 0.3, [0.2, 0.4])
+        _fake_study(tmp_path, "tf_clip", seed, {k: v + shift for k, v in good_t.items()}, 0.6 + shift, [0.2, 0.3])
+    table = calibration_table(tmp_path)
+    row = table[(table.variant == "x_tfclip") & (table.model == "trained") & table["mask"]
+                & (table.case == "overall")].iloc[0]
+    assert row.R1 == pytest.approx(0.61) and row.num_seeds == 2          # mean of 0.60 and 0.62
+    checks = calibration_checks(tmp_path).set_index("target")
+    assert checks.ok.all(), checks
+    assert checks.loc["tf_clip training ID accuracy (acc_img), last epoch", "value"] == pytest.approx(0.61)
+    gap = checks.loc["x_tfclip ground-to-ground minus aerial-to-ground R1 (no mask)", "value"]
+    assert gap == pytest.approx(0.2)
+
+    # an untrained model that is too good, and a too-low training accuracy, fail their targets
+    bad = tmp_path / "bad"
+    _fake_study(bad, "x_tfclip", 0, {**good_x, ("untrained", True): 0.4, ("untrained", False): 0.2}, 0.3, [0.3, 0.31])
+    _fake_study(bad, "tf_clip", 0, good_t, 0.3, [0.2, 0.3])
+    failed = calibration_checks(bad).set_index("target").ok
+    assert not failed["untrained x_tfclip R1, aerial_to_ground (at most half of trained)"]
+    assert not failed["x_tfclip without the mask, trained R1 overall"]
+    assert not failed["tf_clip training ID accuracy (acc_img), last epoch"]
+    assert not failed["x_tfclip ground-to-ground minus aerial-to-ground R1 (no mask)"]
+    assert failed["tf_clip without the mask, trained R1 overall"]
+    with pytest.raises(FileNotFoundError, match="finished x_tfclip studies"):
+        calibration_table(tmp_path / "empty")

@@ -241,7 +241,8 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="difficulty"):
         SynthParams().scaled(-1.0)
     harder = SynthParams().scaled(2.0)
-    assert harder.hue_jitter == pytest.approx(0.2) and harder.palette_size == SynthParams().palette_size
+    assert harder.hue_jitter == pytest.approx(2 * SynthParams().hue_jitter)
+    assert harder.palette_size == SynthParams().palette_size
     assert SynthParams(occlusion_prob=0.6).scaled(3.0).occlusion_prob == 1.0
 
 

@@ -32,7 +32,9 @@ def test_every_notebook_runs_and_the_report_has_every_study(quick_workbook):
     assert (per_row == 1).all() and len(per_row) == len(studies) * 3 * 5
     assert table["mean"].map(math.isfinite).all() and table["mean"].between(0, 1).all()
     on_baseline_models = {s.name for s in plan_studies() if s.run.name in ("tf_clip", "x_tfclip")}
-    assert on_baseline_models == {"tf_clip", "x_tfclip", "loo_soft_biometric_mask", "aoi_soft_biometric_mask"}
+    assert on_baseline_models == {"tf_clip", "x_tfclip", "loo_soft_biometric_mask", "aoi_soft_biometric_mask",
+                                  "loo_flip_tta", "aoi_flip_tta"}
+    assert {"loo_grad_centralization", "aoi_grad_centralization"} <= set(table.study)
     assert (table[table.study.isin(on_baseline_models)].num_seeds == 2).all()
     assert (table[~table.study.isin(on_baseline_models)].num_seeds == 1).all()
     report = (out / "report" / "ablation.md").read_text()
@@ -41,6 +43,18 @@ def test_every_notebook_runs_and_the_report_has_every_study(quick_workbook):
         assert (out / "figures" / figure).stat().st_size > 0
     executed = nbformat.read(out / "notebooks" / "06_ablation_report.ipynb", as_version=4)
     assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")
+    assert (out / "figures" / "training_diagnostics.png").stat().st_size > 0
+    # every study keeps the untrained model's scores (with and without the mask) and the
+    # ground-to-ground diagnostic; workbook.json records each stage's time
+    study = pd.read_csv(out / "studies" / "x_tfclip" / "seed0" / "study_metrics.csv")
+    untrained = study[study.model == "untrained"]
+    assert set(untrained.soft_biometric_mask) == {True, False} and len(untrained) == 2 * 3
+    platform = pd.read_csv(out / "studies" / "x_tfclip" / "seed0" / "platform_metrics.csv")
+    assert list(platform.case[:2]) == ["aerial_to_ground", "ground_to_ground"]
+    stages = summary["stages"]
+    assert stages["backbone pretraining (02)"] >= 0 and stages["total"] >= sum(
+        v for k, v in stages.items() if k != "total") - 1.0
+    assert json.loads((out / "workbook.json").read_text())["stages"] == stages
 
 
 def test_a_second_run_skips_finished_studies(quick_workbook, quick_root):

@@ -37,9 +37,9 @@ from .data.dataset import load_agvpreid, relabel, split_validation
 from .data.loader import build_train_loader, set_loader_epoch
 from .distributed import (DistEnv, all_reduce_sum, barrier, broadcast_object, cleanup_distributed,
                           setup_distributed)
-from .inference import (FEATURES_DIR, autocast, autocast_dtype, build_clip_memory, data_manifest_digest,
-                        encode_lists, features_key, save_features, score_cases, test_protocol,
-                        validation_protocol)
+from .inference import (FEATURES_DIR, UNTRAINED, autocast, autocast_dtype, build_clip_memory,
+                        data_manifest_digest, encode_lists, features_key, save_features, score_cases,
+                        test_protocol, untrained_key, validation_protocol)
 from .losses import Criterion
 from .model import build_model
 from .optim import EpochSchedule, build_optimizer, centralize_gradients
@@ -127,8 +127,9 @@ def _train(cfg: Config, out: Path, env: DistEnv, resume: bool) -> dict:
             (out / "best.pt").unlink(missing_ok=True)
         model.set_memory(build_clip_memory(model, train_set, label_of, cfg, device, **shard).to(device))
     if broadcast_object(not (resuming and (out / "test_metrics_before.csv").is_file())):
-        _, table = _evaluate(model, test_lists, test_cases, cfg, env)   # "before" of before/after
-        if main:
+        sets, table = _evaluate(model, test_lists, test_cases, cfg, env)   # "before" of before/after
+        if main:   # the features too, so the untrained model can be scored with and without the mask
+            save_features(out / FEATURES_DIR, UNTRAINED, untrained_key(cfg, test_lists), sets)
             table.assign(selected_on="untrained").to_csv(out / "test_metrics_before.csv", index=False)
             logger.info("untrained model on test:\n%s", table.to_string(index=False))
     start_epoch, best = 0, {"metric": -math.inf, "epoch": 0}

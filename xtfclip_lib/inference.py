@@ -177,6 +177,20 @@ def features_key(checkpoint_digest: str, cfg: Config, manifest_digest: str) -> s
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# Name of the test features of the untrained model (pretrained backbone, freshly initialised heads).
+UNTRAINED = "untrained-test"
+
+
+def untrained_key(cfg: Config, lists: dict[str, list[Tracklet]]) -> str:
+    """Cache key of the untrained model's test features: the resolved config (seed included), the
+    backbone weights file's digest and the data manifest; there is no checkpoint to digest."""
+    weights = cfg.model.pretrained
+    if weights and Path(weights).is_file():
+        weights = file_digest(weights)
+    return features_key(f"untrained:{cfg.train.seed}:{weights}", cfg,
+                        data_manifest_digest([t for ts in lists.values() for t in ts]))
+
+
 def save_features(folder: str | Path, name: str, key: str, sets: dict[str, FeatureSet]) -> Path:
     """Write ``folder/<name>-<key>.npz`` holding every set (arrays only, no pickled objects)."""
     folder = Path(folder)
@@ -231,6 +245,16 @@ def validation_protocol(val_query: Sequence[Tracklet], val_gallery: Sequence[Tra
     """Held-out training identities, aerial query vs ground gallery, as in case 1 (METHOD §7)."""
     lists = {"val_query": list(val_query), "val_gallery": list(val_gallery)}
     return lists, [RetrievalCase("val_aerial_to_ground", "val_query", "val_gallery", train_attributes)]
+
+
+def platform_cases(cases: Sequence[RetrievalCase]) -> list[RetrievalCase]:
+    """A diagnostic pair on the test identities (METHOD §8): the case-1 ground gallery searched
+    with aerial queries (case 1 itself) and with ground queries of the same people (the case-2
+    queries), so that the gap between the two rows is what the change of platform costs."""
+    case1 = next((c for c in cases if c.query == "case1_query"), None)
+    if case1 is None:
+        raise ValueError(f"platform_cases needs the test cases (case1_query); got {[c.name for c in cases]}")
+    return [case1, RetrievalCase("ground_to_ground", "case2_query", case1.gallery, case1.attributes)]
 
 
 def case_distmat(query: FeatureSet, gallery: FeatureSet, q_attrs: pd.DataFrame | None,

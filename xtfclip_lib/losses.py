@@ -118,12 +118,21 @@ class TripletLoss(nn.Module):
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
         """features (N, D), labels (N,) -> scalar fp32 loss."""
+        return self.from_hardest(*self.hardest(features, labels))
+
+    @staticmethod
+    def hardest(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """(N,) distances of each anchor to its hardest positive and its hardest negative."""
         x = features.float()
         squared = (x * x).sum(dim=1)
         dist = (squared[:, None] + squared[None, :] - 2.0 * x @ x.t()).clamp(min=1e-12).sqrt()  # (N, N)
         same = labels[:, None] == labels[None, :]
         hardest_pos = dist.masked_fill(~same, float("-inf")).max(dim=1).values
         hardest_neg = dist.masked_fill(same, float("inf")).min(dim=1).values
+        return hardest_pos, hardest_neg
+
+    def from_hardest(self, hardest_pos: Tensor, hardest_neg: Tensor) -> Tensor:
+        """mean(relu(d_ap - d_an + margin)) from `hardest`'s distances."""
         return F.relu(hardest_pos - hardest_neg + self.margin).mean()
 
     def extra_repr(self) -> str:
@@ -147,8 +156,9 @@ class Criterion(nn.Module):
     ``criterion(out, labels)`` returns ``(total, terms)``: `total` is the weighted sum to
     back-propagate, `terms` plain floats: ``loss`` (the total), ``id_img``, ``id_proj``,
     ``id_tmd``, ``i2t``, ``frame`` (already divided by T), ``triplet_img``, ``triplet_proj``,
-    ``triplet_tmd``, and the accuracies ``acc_img``, ``acc_proj``, ``acc_tmd``, ``acc_i2t``,
-    ``acc_frame``. Call `next_epoch` at the end of every training epoch.
+    ``triplet_tmd``, the accuracies ``acc_img``, ``acc_proj``, ``acc_tmd``, ``acc_i2t``,
+    ``acc_frame``, and the mean hardest-positive / hardest-negative distances that the triplet
+    terms see, ``dist_pos_img`` / ``dist_neg_img`` (and ``_proj``, ``_tmd``). Call `next_epoch` at the end of every training epoch.
     """
 
     def __init__(self, loss_cfg: LossConfig, features: FeatureConfig, num_classes: int, num_frames: int):
@@ -174,10 +184,10 @@ class Criterion(nn.Module):
             "id_tmd": self.id_loss(out["logits_tmd"], labels),
             "i2t": self.id_loss(out["i2t_logits"], labels),
             "frame": self.frame_id_loss(frame_logits, frame_labels) / T,
-            "triplet_img": self.triplet(out["f_img"], labels),
-            "triplet_proj": self.triplet(out["f_proj"], labels),
-            "triplet_tmd": self.triplet(out["f_tmd"], labels),
         }
+        hardest = {name: self.triplet.hardest(out[f"f_{name}"], labels) for name in ("img", "proj", "tmd")}
+        for name, (pos, neg) in hardest.items():
+            terms[f"triplet_{name}"] = self.triplet.from_hardest(pos, neg)
         c = self.cfg
         total = (c.id_weight * (terms["id_img"] + terms["id_proj"] + terms["id_tmd"])
                  + c.triplet_weight * (terms["triplet_img"] + terms["triplet_proj"] + terms["triplet_tmd"])
@@ -188,6 +198,9 @@ class Criterion(nn.Module):
                       "acc_tmd": _accuracy(out["logits_tmd"], labels),
                       "acc_i2t": _accuracy(out["i2t_logits"], labels),
                       "acc_frame": _accuracy(frame_logits, frame_labels)}
+            # what batch-hard triplet sees: a collapsing embedding drives both towards zero
+            for name, (pos, neg) in hardest.items():
+                terms |= {f"dist_pos_{name}": pos.mean(), f"dist_neg_{name}": neg.mean()}
             names = ["loss", *terms]
             values = torch.stack([total.detach(), *(v.detach().float() for v in terms.values())])
         return total, dict(zip(names, values.tolist()))      # one device sync for all terms

@@ -27,11 +27,12 @@ def lr_factor_of(name: str, train: TrainConfig) -> float:
     Under DDP the names carry a ``module.`` prefix, which is ignored.
     """
     name = name.removeprefix("module.")
+    scale = train.backbone_lr_factor if name.startswith("backbone.") else 1.0
     if name.startswith(FRAME_CLASSIFIER + "."):
         return train.classifier_lr_factor
     if name.endswith("bias"):
-        return train.bias_lr_factor
-    return 1.0
+        return scale * train.bias_lr_factor
+    return scale
 
 
 def param_groups(model: nn.Module, train: TrainConfig) -> list[dict]:

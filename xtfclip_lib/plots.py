@@ -703,21 +703,69 @@ def query_browser(cases: Mapping[str, RetrievalResult], top_k: int = 5, frames_p
     return widgets.VBox([widgets.HBox([case_box, query_slider]), output])
 
 
+ACCURACY_TERMS = ("acc_img", "acc_proj", "acc_tmd", "acc_i2t", "acc_frame")
+DISTANCE_FEATURES = ("img", "proj", "tmd")
+
+
+def training_diagnostics(metrics: pd.DataFrame, path: str | os.PathLike | None = None) -> Figure:
+    """Two panels over epochs: the training ID accuracies, and the hardest-positive /
+    hardest-negative distances batch-hard triplet sees (solid / dashed, one colour per feature).
+
+    `metrics` is the engine's ``metrics.csv``. Accuracies rising and the negative distance staying
+    above the positive one mean re-ID training learns; both distances falling towards zero with
+    accuracies at chance is the collapse METHOD §8 warns of.
+    """
+    _require_columns(metrics, ("epoch",), "training_diagnostics")
+    epochs = metrics["epoch"].to_numpy(dtype=float)
+    fig = Figure(figsize=(10, 3.2), layout="constrained")
+    ax_acc, ax_dist = fig.subplots(1, 2)
+    for column in (c for c in ACCURACY_TERMS if c in metrics):
+        ax_acc.plot(epochs, metrics[column].to_numpy(dtype=float), label=column, marker="o", ms=3)
+    ax_acc.set_ylim(0, 1.02)
+    ax_acc.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+    ax_acc.set_title("training ID accuracy", fontsize=9)
+    for i, name in enumerate(DISTANCE_FEATURES):
+        if f"dist_pos_{name}" in metrics:
+            ax_dist.plot(epochs, metrics[f"dist_pos_{name}"].to_numpy(dtype=float), color=f"C{i}",
+                         label=f"f_{name} hardest positive")
+            ax_dist.plot(epochs, metrics[f"dist_neg_{name}"].to_numpy(dtype=float), color=f"C{i}",
+                         ls="--", label=f"f_{name} hardest negative")
+    ax_dist.set_ylim(bottom=0)
+    ax_dist.set_title("batch-hard triplet distances", fontsize=9)
+    for ax in (ax_acc, ax_dist):
+        ax.set_xlabel("epoch")
+        if ax.get_lines():
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "not logged by this run", ha="center", va="center", transform=ax.transAxes)
+    return save_figure(fig, path)
+
+
 def pretraining_summary(info: Mapping[str, Any], path: str | os.PathLike | None = None) -> Figure:
-    """Loss curve and zero-shot caption retrieval before/after of a tiny-CLIP pretraining.
+    """Loss curve, feature spread and zero-shot caption retrieval before/after a tiny-CLIP pretraining.
 
     `info` is `workbook.ensure_backbone`'s result: the JSON sidecar of `pretrain.pretrain_tiny_clip`
-    (its ``metrics`` hold ``loss_curve`` as [step, loss] pairs and ``zero_shot_before`` /
-    ``zero_shot_after`` with ``top1``, ``top1_aerial``, ``top1_ground`` and ``chance``). Without
-    metrics (OpenAI weights, random init) both panels say so instead of plotting.
+    (its ``metrics`` hold ``loss_curve`` as [step, loss] pairs, ``spread_before`` /
+    ``spread_after`` with ``mean_cosine`` / ``mean_cosine_proj`` of the pooled tracklet features,
+    and ``zero_shot_before`` / ``zero_shot_after`` with ``top1``, ``top1_aerial``, ``top1_ground``
+    and ``chance``). Without metrics (OpenAI weights, random init) the panels say so.
     """
     metrics = info.get("metrics") or {}
-    fig = Figure(figsize=(9, 3.2), layout="constrained")
-    loss_ax, shot_ax = fig.subplots(1, 2)
+    fig = Figure(figsize=(12, 3.4), layout="constrained")
+    loss_ax, spread_ax, shot_ax = fig.subplots(1, 3)
     curve = np.asarray(metrics.get("loss_curve") or [], dtype=float).reshape(-1, 2)
     if len(curve):
         loss_ax.plot(curve[:, 0], curve[:, 1], color="C0")
-        loss_ax.set(xlabel="step", ylabel="contrastive loss", title="pretraining loss")
+        loss_ax.set(xlabel="step", ylabel="contrastive loss",
+                    title=f"pretraining loss ({int(curve[-1, 0])} steps)")
+    spread = [metrics.get("spread_before"), metrics.get("spread_after")]
+    if all(spread):
+        keys, x = ["mean_cosine", "mean_cosine_proj"], np.arange(2)
+        spread_ax.bar(x - 0.2, [spread[0].get(k, np.nan) for k in keys], 0.4, label="untrained", color="0.7")
+        spread_ax.bar(x + 0.2, [spread[1].get(k, np.nan) for k in keys], 0.4, label="pretrained", color="C0")
+        spread_ax.set_xticks(x, ["class token (f_img)", "projected (f_proj)"])
+        spread_ax.set(title="mean pairwise cosine, training tracklets", ylim=(min(0, spread_ax.get_ylim()[0]), 1))
+        spread_ax.legend(fontsize=8)
     before, after = metrics.get("zero_shot_before"), metrics.get("zero_shot_after")
     if before and after:
         groups = ["top1", "top1_ground", "top1_aerial"]
@@ -729,7 +777,7 @@ def pretraining_summary(info: Mapping[str, Any], path: str | os.PathLike | None 
         shot_ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         shot_ax.set(title="zero-shot caption retrieval (held-out ids)", ylim=(0, 1))
         shot_ax.legend(fontsize=8)
-    for ax in (loss_ax, shot_ax):
+    for ax in (loss_ax, spread_ax, shot_ax):
         if not ax.has_data():
             ax.text(0.5, 0.5, f"no pretraining metrics\n({info.get('source', 'unknown source')})",
                     ha="center", va="center", transform=ax.transAxes, wrap=True)

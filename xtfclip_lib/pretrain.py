@@ -12,18 +12,27 @@ Captions are written from a person's attribute codes (``attributes/train.csv``),
 colours estimated from that person's ground-view crops, and the camera of the crop, e.g.
 "a young woman with long brown hair in a red jacket and blue jeans carrying a backpack, seen from
 a drone". Colours come from the pixels, not from the generator, so the same captions can be
-written for the real AG-VPReID training set. The word tables follow the code meanings of the
+written for the real AG-VPReID training set. By default the captions say colours only coarsely
+("a bright jacket and dark jeans", `caption_colours`): with all 14 colour names the captions of
+the synthetic set almost identify a person, the pretrained CLIP is then already a re-ID model,
+and re-ID training has nothing left to show. The word tables follow the code meanings of the
 synthetic set (`xtfclip_lib.data.synth.ATTRIBUTE_VALUES`); the real annotation shares only the
 number of codes per attribute.
 
+The budget is a number of steps (``config.PRETRAIN_STEPS``) at a fixed thread count
+(``config.PRETRAIN_THREADS``), never seconds: the same seed gives a byte-identical checkpoint on
+an idle or a busy machine (METHOD §8).
+
 Public API: `pretrain_tiny_clip`, `caption_for`, `make_captions`, `clothing_colours`,
-`identity_colours`, `name_colours`, `zero_shot_retrieval`, `ATTRIBUTE_WORDS`, `COLOUR_NAMES`,
+`identity_colours`, `name_colours`, `zero_shot_retrieval`, `feature_spread`,
+`tracklet_feature_spread`, `caption_colours`, `PretrainTimeout`, `ATTRIBUTE_WORDS`, `COLOUR_NAMES`,
 `CAMERA_PHRASES`, `DROP_ORDER`.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import logging
 import math
@@ -42,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from xtfclip_lib.config import PRETRAIN_STEPS, PRETRAIN_THREADS
 from xtfclip_lib.data.attributes import ATTRIBUTES, UNKNOWN_CODE
 from xtfclip_lib.data.dataset import AERIAL_CAMERAS, GROUND_CAMERAS, Tracklet, load_agvpreid
 from xtfclip_lib.data.loader import decode_frame
@@ -274,6 +284,34 @@ def identity_colours(tracklets: Sequence[Tracklet], frames_of: Callable[[Trackle
     return colours
 
 
+# What a caption says of a clothing colour when the words are "coarse": how dark or vivid it is,
+# not which of the 14 named colours (see `caption_colours`).
+COARSE_COLOURS: dict[str, str] = {
+    "black": "dark", "navy": "dark", "brown": "dark", "purple": "dark",
+    "grey": "dull", "beige": "dull", "light blue": "pale", "white": "pale", "pink": "pale",
+    "blue": "bright", "red": "bright", "orange": "bright", "yellow": "bright", "green": "bright",
+}
+COLOUR_WORDS = ("named", "coarse", "none")
+
+
+def caption_colours(colours: Mapping[int, tuple[str | None, str | None]], words: str
+                    ) -> dict[int, tuple[str | None, str | None]]:
+    """The clothing colours as pretraining captions say them: ``"named"`` (the 14 names of
+    COLOUR_NAMES), ``"coarse"`` (dark / dull / pale / bright, `COARSE_COLOURS`) or ``"none"``.
+
+    METHOD §8 wants a tiny CLIP that knows people but leaves telling them apart to re-ID
+    training: with every colour named, caption-level knowledge alone almost identifies a person
+    in the synthetic set, and re-ID training has nothing left to add.
+    """
+    if words not in COLOUR_WORDS:
+        raise ValueError(f"colour_words={words!r}; expected one of {COLOUR_WORDS}")
+    if words == "named":
+        return dict(colours)
+    if words == "none":
+        return {pid: (None, None) for pid in colours}
+    return {pid: tuple(None if c is None else COARSE_COLOURS[c] for c in pair) for pid, pair in colours.items()}
+
+
 def make_captions(tracklets: Sequence[Tracklet], attributes: pd.DataFrame,
                   colours: Mapping[int, tuple[str | None, str | None]] | None = None, *,
                   context_length: int | None = 32) -> list[str]:
@@ -441,6 +479,58 @@ def zero_shot_retrieval(model, tokenizer, bank: _CropBank, captions: Mapping[tup
             "num_crops": len(every), "num_ids": len(pids)}
 
 
+def feature_spread(features: Tensor | np.ndarray) -> dict[str, float]:
+    """How different the rows of (N, D) `features` are: ``mean_cosine`` and ``varying_energy``.
+
+    ``mean_cosine`` is the mean cosine similarity over all pairs of distinct rows (1.0: every
+    row points the same way); ``varying_energy`` the share of the features' mean squared norm
+    that is not their common mean (0.0: every row is the same vector). METHOD §8: a backbone
+    whose pooled features sit at a mean cosine of 0.99 leaves a per-vector normalisation nothing
+    to classify and lets batch-hard triplet collapse the embedding.
+    """
+    x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+    if x.dim() != 2 or x.shape[0] < 2:
+        raise ValueError(f"features must be (N, D) with N >= 2, got shape {tuple(x.shape)}")
+    n = F.normalize(x, dim=1)
+    N = x.shape[0]
+    total = n.sum(0)
+    mean_cosine = (total @ total - (n * n).sum()) / (N * (N - 1))
+    varying = ((x - x.mean(0)) ** 2).sum(1).mean() / (x * x).sum(1).mean().clamp(min=1e-300)
+    return {"mean_cosine": float(mean_cosine), "varying_energy": float(varying), "num": int(N)}
+
+
+@torch.no_grad()
+def _tracklet_image_features(model, bank: _CropBank, batch_size: int = 256) -> tuple[Tensor, Tensor]:
+    """Per-tracklet means of the image tower's class token after ``ln_post`` (what re-ID pools as
+    f_img) and of its projection (f_proj), each (num_tracklets, .)."""
+    visual, captured = model.visual, []
+    handle = visual.ln_post.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        projected = []
+        for i in range(0, len(bank.frames), batch_size):
+            projected.append(model.encode_image(_normalise(bank.frames[i:i + batch_size])))
+    finally:
+        handle.remove()
+    tokens = torch.cat([c[:, 0] if c.dim() == 3 else c for c in captured])
+    projected = torch.cat(projected)
+    rows = [torch.as_tensor(r) for r in bank.rows]
+    return (torch.stack([tokens[r].mean(0) for r in rows]), torch.stack([projected[r].mean(0) for r in rows]))
+
+
+def tracklet_feature_spread(model, bank: _CropBank) -> dict[str, float]:
+    """`feature_spread` of the tracklet-pooled class-token features of `bank` (and ``*_proj`` of
+    their projections), the model's mode restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        tokens, projected = _tracklet_image_features(model, bank)
+    finally:
+        model.train(was_training)
+    spread = feature_spread(tokens)
+    spread |= {f"{k}_proj": v for k, v in feature_spread(projected).items() if k != "num"}
+    return spread
+
+
 # ------------------------------------------------------------------------------------------------
 # Pretraining
 
@@ -494,6 +584,8 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
         write(tmp)
+        with open(tmp, "rb") as handle:     # on disk before the rename makes it visible
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -573,12 +665,18 @@ def _clip_loss(model, loss_fn, images: Tensor, text: Tensor) -> Tensor:
     return torch.stack([loss_fn(image_features[f], text_features, scale) for f in range(F_)]).mean()
 
 
+class PretrainTimeout(RuntimeError):
+    """The optional wall-clock safety ceiling (``max_seconds``) was reached before the step budget."""
+
+
 def pretrain_tiny_clip(data_root: str | os.PathLike, out_path: str | os.PathLike, *,
-                       arch: str = "tiny-clip", image_size: int = 64, max_seconds: float | None = 150,
-                       max_steps: int | None = None, batch_size: int = 48, frames_per_tracklet: int = 2,
-                       lr: float = 1e-3, weight_decay: float = 0.1, caption_dropout: float = 0.3,
-                       seed: int = 0, num_eval_ids: int = 12, crops_per_tracklet: int = 8,
-                       overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+                       arch: str = "tiny-clip", image_size: int = 64, steps: int = PRETRAIN_STEPS,
+                       max_seconds: float | None = None, batch_size: int = 48,
+                       frames_per_tracklet: int = 1, lr: float = 1e-3, weight_decay: float = 0.1,
+                       caption_dropout: float = 0.3, seed: int = 0, num_eval_ids: int = 12,
+                       crops_per_tracklet: int = 8, num_threads: int | None = PRETRAIN_THREADS,
+                       colour_words: str = "coarse", overwrite: bool = False,
+                       progress: bool = True) -> dict[str, Any]:
     """Pretrain a CLIP of `arch` contrastively on the training crops of `data_root`; save it.
 
     Each step draws `batch_size` training identities with distinct captions, one tracklet each
@@ -586,16 +684,19 @@ def pretrain_tiny_clip(data_root: str | os.PathLike, out_path: str | os.PathLike
     these frame sets with the captions, averaged over the frame sets. Crops are the tracklet's
     frames resized to `image_size` x `image_size` (up to `crops_per_tracklet` evenly spaced
     frames each, decoded once), mildly augmented. Each optional caption phrase (DROP_ORDER) is
-    left out with probability `caption_dropout`: on the synthetic set this raised held-out
-    zero-shot retrieval from about 21 % to 28 % after 150 steps. AdamW with a 5 % warm-up and
-    cosine decay over the run; its length is `max_steps` when given (then the run is
-    deterministic for `seed` on one machine and thread count), else `max_seconds`. Training
-    stops at whichever comes first; `max_seconds` counts from the call, data loading included.
+    left out with probability `caption_dropout`; `colour_words` says how colours are named
+    (`caption_colours`). AdamW with a 5 % warm-up and cosine decay over exactly `steps` steps.
+
+    The budget is a step count and nothing else decides what is computed: the same `seed` and
+    `num_threads` (torch CPU threads while pretraining; None keeps the current setting) give a
+    byte-identical checkpoint on an idle or a loaded machine (METHOD §8). `max_seconds` is only a
+    safety ceiling: reaching it raises `PretrainTimeout` naming the setting and writes nothing.
 
     `num_eval_ids` training identities (at most a quarter; the same ones whatever the seed) are
     held out of pretraining; their crops measure zero-shot caption retrieval
-    (`zero_shot_retrieval`) before and after. Only the ``train`` split is read, never a test
-    identity.
+    (`zero_shot_retrieval`) before and after. The spread of the image features of the
+    pretraining tracklets (`feature_spread`) is measured before and after too. Only the
+    ``train`` split is read, never a test identity.
 
     Writes `out_path` atomically as ``{"state_dict": ..., "arch": ..., "image_size": ...}`` (an
     open_clip checkpoint, loadable with ``torch.load(weights_only=True)``) and a JSON sidecar
@@ -604,41 +705,60 @@ def pretrain_tiny_clip(data_root: str | os.PathLike, out_path: str | os.PathLike
     ``seconds``, ``train_seconds``, ``loss_curve`` ([step, mean loss] every few steps),
     ``loss_first`` / ``loss_last`` (mean of the first / last 10 steps), ``probe_loss_before`` /
     ``probe_loss_after`` (the loss on a fixed, unaugmented batch of training crops),
-    ``zero_shot_before`` / ``zero_shot_after`` and the data counts.
+    ``zero_shot_before`` / ``zero_shot_after``, ``spread_before`` / ``spread_after`` and the
+    data counts. Timings are reported, never used.
     """
-    start = time.perf_counter()
-    settings = {"arch": arch, "image_size": image_size, "max_seconds": max_seconds,
-                "max_steps": max_steps, "batch_size": batch_size,
-                "frames_per_tracklet": frames_per_tracklet, "lr": lr, "weight_decay": weight_decay,
-                "caption_dropout": caption_dropout, "seed": seed, "num_eval_ids": num_eval_ids,
-                "crops_per_tracklet": crops_per_tracklet, "torch_threads": torch.get_num_threads()}
-    out_path = Path(out_path)
-    if max_steps is None and max_seconds is None:
-        raise ValueError("pretrain_tiny_clip: give max_seconds, max_steps or both; both are None")
-    if max_steps is not None and max_steps < 1:
-        raise ValueError(f"max_steps={max_steps!r}; expected a positive number of steps or None")
-    if max_seconds is not None and max_seconds <= 0:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps={steps!r}; expected a positive whole number of pretraining steps")
+    if max_seconds is not None and not max_seconds > 0:
         raise ValueError(f"max_seconds={max_seconds!r}; expected a positive number of seconds or None")
+    if colour_words not in COLOUR_WORDS:
+        raise ValueError(f"colour_words={colour_words!r}; expected one of {COLOUR_WORDS}")
+    if num_threads is not None and num_threads < 1:
+        raise ValueError(f"num_threads={num_threads!r}; expected a positive thread count or None")
     if batch_size < 2 or frames_per_tracklet < 1 or not 0 <= caption_dropout < 1:
         raise ValueError(f"batch_size={batch_size!r} (>= 2), frames_per_tracklet={frames_per_tracklet!r} "
                          f"(>= 1) or caption_dropout={caption_dropout!r} (0 <= p < 1) is out of range")
+    out_path = Path(out_path)
     if out_path.exists() and not overwrite:
         raise ValueError(f"{out_path} exists; pass overwrite=True (CLI: --overwrite) to replace it, "
                          "or choose another output path")
+    previous_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        return _pretrain(Path(data_root), out_path, dict(
+            arch=arch, image_size=image_size, steps=steps, max_seconds=max_seconds,
+            batch_size=batch_size, frames_per_tracklet=frames_per_tracklet, lr=lr,
+            weight_decay=weight_decay, caption_dropout=caption_dropout, seed=seed,
+            num_eval_ids=num_eval_ids, crops_per_tracklet=crops_per_tracklet, colour_words=colour_words,
+            torch_threads=torch.get_num_threads()), overwrite, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _pretrain(data_root: Path, out_path: Path, settings: dict[str, Any], overwrite: bool,
+              progress: bool) -> dict[str, Any]:
+    """The body of `pretrain_tiny_clip` (arguments checked, threads set)."""
+    start = time.perf_counter()
+    arch, image_size, seed = settings["arch"], settings["image_size"], settings["seed"]
+    steps, max_seconds, lr = settings["steps"], settings["max_seconds"], settings["lr"]
 
     # Data: training identities only, a few held out; crops decoded once.
     data = load_agvpreid(data_root)
-    train_pids, eval_pids = _split_ids([t.pid for t in data.train], num_eval_ids)
+    train_pids, eval_pids = _split_ids([t.pid for t in data.train], settings["num_eval_ids"])
     bank = _load_crops([t for t in data.train if t.pid in set(train_pids)], image_size,
-                       crops_per_tracklet, progress)
+                       settings["crops_per_tracklet"], progress)
     eval_bank = _load_crops([t for t in data.train if t.pid in set(eval_pids)], image_size,
-                            max(1, crops_per_tracklet // 2), progress)
+                            max(1, settings["crops_per_tracklet"] // 2), progress)
     where = {t.name: (b, i) for b in (bank, eval_bank) for i, t in enumerate(b.tracklets)}
     colours = identity_colours(data.train, lambda t: where[t.name][0].numpy_frames(where[t.name][1]))
+    colours = caption_colours(colours, settings["colour_words"])
 
     model, tokenizer = _create_clip(arch, image_size, seed)
     captioner = _Captioner(data.attributes["train"], colours, int(model.context_length))
-    sampler = _BatchSampler(bank, train_pids, captioner, tokenizer, batch_size, frames_per_tracklet, seed)
+    sampler = _BatchSampler(bank, train_pids, captioner, tokenizer, settings["batch_size"],
+                            settings["frames_per_tracklet"], seed)
     generator = torch.Generator().manual_seed(seed)
     loss_fn = open_clip.ClipLoss()
     logger.info("%d identities pretrain (%d tracklets, %d crops), %d held out; e.g. %r",
@@ -651,24 +771,27 @@ def pretrain_tiny_clip(data_root: str | os.PathLike, out_path: str | os.PathLike
     with torch.no_grad():
         probe_before = _clip_loss(model, loss_fn, probe_images, probe_text).item()
     zero_shot_before = zero_shot_retrieval(model, tokenizer, eval_bank, captioner.full)
-    logger.info("before pretraining: probe loss %.3f, zero-shot top-1 %.3f (chance %.3f)",
-                probe_before, zero_shot_before["top1"], zero_shot_before["chance"])
+    spread_before = tracklet_feature_spread(model, bank)
+    logger.info("before pretraining: probe loss %.3f, zero-shot top-1 %.3f (chance %.3f), mean "
+                "pairwise cosine of tracklet features %.3f", probe_before, zero_shot_before["top1"],
+                zero_shot_before["chance"], spread_before["mean_cosine"])
 
-    optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    optimizer = torch.optim.AdamW(_param_groups(model, settings["weight_decay"]), lr=lr,
+                                  betas=(0.9, 0.98), eps=1e-6)
     model.train()
     losses: list[float] = []
     train_start = time.perf_counter()
-    deadline = None if max_seconds is None else start + max_seconds
-    bar = tqdm(total=max_steps, desc="pretrain-clip", unit="step", disable=not progress)
-    while max_steps is None or len(losses) < max_steps:
-        now = time.perf_counter()
-        if deadline is not None and now >= deadline:
-            break
-        done = (len(losses) / max_steps if max_steps is not None
-                else (now - train_start) / max(deadline - train_start, 1e-9))
+    bar = tqdm(total=steps, desc="pretrain-clip", unit="step", disable=not progress)
+    for step in range(steps):
+        if max_seconds is not None and time.perf_counter() - start > max_seconds:
+            bar.close()
+            raise PretrainTimeout(
+                f"pretraining reached its safety ceiling max_seconds={max_seconds:g} after {step} of "
+                f"{steps} steps; nothing was written. Raise or drop max_seconds (CLI: --max-seconds); "
+                f"the result depends only on steps={steps}, never on time")
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(done, lr)
-        images, text = sampler.draw(caption_dropout)
+            group["lr"] = _lr_at(step / steps, lr)
+        images, text = sampler.draw(settings["caption_dropout"])
         images = _augment(images.flatten(0, 1), generator).view(images.shape)
         loss = _clip_loss(model, loss_fn, images, text)
         optimizer.zero_grad(set_to_none=True)
@@ -682,14 +805,12 @@ def pretrain_tiny_clip(data_root: str | os.PathLike, out_path: str | os.PathLike
         if len(losses) % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
     bar.close()
-    if not losses:
-        raise RuntimeError(f"max_seconds={max_seconds} was spent loading data before the first step; "
-                           "allow more seconds")
 
     model.eval()
     with torch.no_grad():
         probe_after = _clip_loss(model, loss_fn, probe_images, probe_text).item()
     zero_shot_after = zero_shot_retrieval(model, tokenizer, eval_bank, captioner.full)
+    spread_after = tracklet_feature_spread(model, bank)
     steps, every = len(losses), max(1, len(losses) // 50)
     metrics: dict[str, Any] = {
         "steps": steps, "train_seconds": time.perf_counter() - train_start,
@@ -697,6 +818,7 @@ def pretrain_tiny_clip(data_root: str | os.PathLike, out_path: str | os.PathLike
         "loss_first": float(np.mean(losses[:10])), "loss_last": float(np.mean(losses[-10:])),
         "probe_loss_before": probe_before, "probe_loss_after": probe_after,
         "zero_shot_before": zero_shot_before, "zero_shot_after": zero_shot_after,
+        "spread_before": spread_before, "spread_after": spread_after,
         "num_train_ids": len(train_pids), "num_train_tracklets": len(bank.tracklets),
         "num_train_crops": int(len(bank.frames)), "held_out_ids": eval_pids,
         "logit_scale": model.logit_scale.exp().item(),
@@ -707,7 +829,9 @@ def pretrain_tiny_clip(data_root: str | os.PathLike, out_path: str | os.PathLike
         raise ValueError(f"{out_path} appeared while pretraining; pass overwrite=True to replace it")
     checkpoint = {"state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
                   "arch": arch, "image_size": image_size}
-    _atomic_write(out_path, lambda tmp: torch.save(checkpoint, tmp))
+    buffer = io.BytesIO()     # not saved under the file's own name: torch would record that name
+    torch.save(checkpoint, buffer)   # (a temporary one holds the PID) inside the archive
+    _atomic_write(out_path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
     metrics["seconds"] = time.perf_counter() - start
     manifest = Path(data_root) / "manifest.json"
     sidecar = {

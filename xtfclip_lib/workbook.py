@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
-from .config import EXTENSIONS, TEST_TIME_SWITCHES
+from .config import SWITCHES, TEST_TIME_SWITCHES
 from .report import setting_name
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,12 @@ def _study_for(variant: str, kind: str, switch: str | None) -> Study:
     return Study(name, kind, switch, run, test_time)
 
 
-def plan_studies(switches: tuple[str, ...] = EXTENSIONS) -> list[Study]:
-    """tf_clip, x_tfclip, leave-one-out (each switch off in x_tfclip) and add-one-in (each on in tf_clip)."""
+def plan_studies(switches: tuple[str, ...] = SWITCHES) -> list[Study]:
+    """tf_clip, x_tfclip, leave-one-out (each switch off in x_tfclip) and add-one-in (each on in tf_clip).
+
+    By default every switch of METHOD §4 and §6: the seven extensions, `grad_centralization`
+    (trained) and `flip_tta` (test time, like the soft-biometric mask).
+    """
     studies = [_study_for(v, "baseline", None) for v in BASELINES]
     studies += [_study_for("x_tfclip", "leave_one_out", s) for s in switches]
     studies += [_study_for("tf_clip", "add_one_in", s) for s in switches]
@@ -110,11 +115,14 @@ def evaluate_study(run_dir: str | Path, settings: list[dict]) -> pd.DataFrame:
     """Score a trained run under each test-time setting; keep per-query arrays for the report.
 
     Writes ``run_dir/per_query/<setting>.npz`` (per case: ``ap``, ``inp``, ``first_rank`` of the
-    valid queries) and returns the per-case table of every setting. Features are extracted once
-    per flip value (and cached in the run folder); the mask only changes the distance matrix.
+    valid queries) and returns the per-case table of every setting (``model`` = "trained"), plus
+    the untrained model's tables with and without the mask (``model`` = "untrained") when the run
+    kept its features. Features are extracted once per flip value (and cached in the run folder);
+    the mask only changes the distance matrix.
     """
     from . import evaluation
-    from .inference import case_distmats, run_features
+    from .inference import (FEATURES_DIR, UNTRAINED, case_distmats, load_features, run_features,
+                            score_cases, untrained_key)
 
     run_dir = Path(run_dir)
     folder = run_dir / "per_query"
@@ -136,8 +144,27 @@ def evaluate_study(run_dir: str | Path, settings: list[dict]) -> pd.DataFrame:
                     arrays[f"{case.name}__{key}"] = np.asarray(result[key])[valid]
             np.savez(folder / f"{setting_name(setting)}.npz", **arrays)
             table = evaluation.evaluate_cases(cases, max_rank=run.cfg.eval.max_rank)
-            tables.append(table.assign(soft_biometric_mask=setting["soft_biometric_mask"], flip_tta=flip))
+            tables.append(table.assign(model="trained", soft_biometric_mask=setting["soft_biometric_mask"],
+                                       flip_tta=flip))
+    # The untrained model (same seed, pretrained backbone, fresh heads), with and without the mask,
+    # at the run's own flip setting: the "before" of METHOD §8's calibration.
+    untrained = load_features(run_dir / FEATURES_DIR, UNTRAINED, untrained_key(run.cfg, run.lists))
+    if untrained is not None:
+        for mask in sorted({s["soft_biometric_mask"] for s in settings}):
+            table = score_cases(untrained, run.lists, run.cases, run.cfg, mask=mask, rerank=False)
+            tables.append(table.assign(model="untrained", soft_biometric_mask=mask,
+                                       flip_tta=run.cfg.features.flip_tta))
     return pd.concat(tables, ignore_index=True)
+
+
+def platform_table(run_dir: str | Path) -> pd.DataFrame:
+    """Aerial-to-ground against ground-to-ground retrieval of the same test identities in the
+    same ground gallery (`inference.platform_cases`), without the mask: how much of the task is
+    the change of platform (METHOD §8). Uses the run's cached test features."""
+    from .inference import platform_cases, run_features, score_cases
+
+    run = run_features(run_dir)
+    return score_cases(run.sets, run.lists, platform_cases(run.cases), run.cfg, mask=False, rerank=False)
 
 
 def run_study(preset: str, variant: str, run_name: str, seed: int, run_dir: str | Path, *,
@@ -154,8 +181,15 @@ def run_study(preset: str, variant: str, run_name: str, seed: int, run_dir: str 
     cfg = load_config(preset, variant, [*overrides, *train_overrides, f"train.seed={seed}"])
     if not (run_dir / "summary.json").is_file():
         train(cfg, run_dir, resume=(run_dir / "last.pt").is_file())
-    table = evaluate_study(run_dir, test_time_settings(run_name))
+    threads = torch.get_num_threads()
+    if cfg.train.num_threads > 0:        # evaluate with the threads it trained with: same numbers anywhere
+        torch.set_num_threads(cfg.train.num_threads)
+    try:
+        table = evaluate_study(run_dir, test_time_settings(run_name))
+    finally:
+        torch.set_num_threads(threads)
     table.to_csv(run_dir / "study_metrics.csv", index=False)
+    platform_table(run_dir).to_csv(run_dir / "platform_metrics.csv", index=False)
     (run_dir / "done.json").write_text(json.dumps(
         {"run_name": run_name, "variant": variant, "seed": seed, "preset": preset,
          "overrides": list(overrides), "train_overrides": list(train_overrides)}, indent=2))
@@ -165,13 +199,20 @@ def run_study(preset: str, variant: str, run_name: str, seed: int, run_dir: str 
 TINY_ARCHS = ("tiny-clip", "micro-clip")  # configs shipped in model/configs/, pretrainable offline
 
 
-def ensure_backbone(cfg, max_seconds: float = 150.0) -> dict:
+def ensure_backbone(cfg, steps: int | None = None) -> dict:
     """Make sure the backbone weights `cfg.model.pretrained` names exist; say where they come from.
 
     A missing file for a shipped tiny config is pretrained now on the training identities of
-    `cfg.data.root` (`pretrain.pretrain_tiny_clip`); any other missing file is an error naming it.
-    Returns ``source`` plus, for a tiny CLIP, the metrics of its pretraining (JSON sidecar).
+    `cfg.data.root` (`pretrain.pretrain_tiny_clip`) for `steps` steps (None: the calibrated
+    ``config.PRETRAIN_STEPS``) with ``config.PRETRAIN_THREADS`` threads, so the same data give a
+    byte-identical backbone on any machine and load. An existing tiny CLIP whose sidecar records
+    another step count or data set is an error naming both, never silently re-used; any other
+    missing file is an error naming it. Returns ``source`` plus, for a tiny CLIP, the metrics of
+    its pretraining (JSON sidecar).
     """
+    from .config import PRETRAIN_STEPS
+
+    steps = PRETRAIN_STEPS if steps is None else steps
     source = cfg.model.pretrained
     if source == "":
         return {"source": "random initialisation (no pretrained weights)", "arch": cfg.model.arch}
@@ -184,13 +225,23 @@ def ensure_backbone(cfg, max_seconds: float = 150.0) -> dict:
             raise FileNotFoundError(f"model.pretrained={source!r} not found; give a local OpenAI or "
                                     f"open_clip weights file, 'openai', or '' for random init")
         from .pretrain import pretrain_tiny_clip
-        log.info("pretraining %s into %s (at most %.0f s)", cfg.model.arch, path, max_seconds)
+        log.info("pretraining %s into %s (%d steps)", cfg.model.arch, path, steps)
         pretrain_tiny_clip(cfg.data.root, path, arch=cfg.model.arch,
-                           image_size=cfg.model.pretrained_image_size, max_seconds=max_seconds,
+                           image_size=cfg.model.pretrained_image_size, steps=steps,
                            seed=cfg.data.synth_seed)
     info = {"source": f"tiny CLIP pretrained offline ({path})", "arch": cfg.model.arch}
     if sidecar.is_file():
         info.update(json.loads(sidecar.read_text()))
+        recorded = info.get("settings", {}).get("steps")
+        if cfg.model.arch in TINY_ARCHS and recorded is not None and recorded != steps:
+            raise ValueError(f"{path} was pretrained for {recorded} steps, not the {steps} asked for; "
+                             f"delete it (and {sidecar.name}) to pretrain again, or ask for {recorded}")
+        manifest = Path(cfg.data.root) / "manifest.json"
+        made_on = info.get("data", {}).get("manifest_digest")
+        if made_on and manifest.is_file() and json.loads(manifest.read_text()).get("digest") != made_on:
+            raise ValueError(f"{path} was pretrained on another version of {cfg.data.root} "
+                             f"(manifest digest {made_on[:19]}...); delete it (and {sidecar.name}) "
+                             f"to pretrain it on the current data")
     return info
 
 
@@ -254,14 +305,20 @@ def execute_notebook(name: str, output: Path, parameters: dict, notebooks_dir: P
 
 
 def run_workbook(preset: str = "tiny", seeds: int = 1, out: str | Path = "results/workbook", *,
-                 spread_seeds: int = 2, overrides: tuple[str, ...] = (), jobs: int = 1,
+                 spread_seeds: int = 3, overrides: tuple[str, ...] = (), jobs: int = 1,
                  notebooks_dir: Path = NOTEBOOK_DIR, studies: list[Study] | None = None) -> dict:
-    """Run every notebook in order; return a summary (timings, executed notebooks, report path).
+    """Run every notebook in order; return a summary (stage and notebook timings, report path).
+
+    The summary, also written to ``OUT/workbook.json``, records the wall time of each stage
+    (``stages``: data, backbone, the trained models, each closing notebook, total) and of each
+    notebook (``elapsed_s``). Times are reported, never used to decide what is computed.
 
     `seeds` models are trained for every study; the two baselines get `max(seeds, spread_seeds)`
     so that the report always has a seed-to-seed spread to compare differences against.
-    `jobs` studies train side by side, each with its share of the CPU threads (small models
-    use two single-threaded processes better than one process with two threads).
+    `jobs` studies train side by side. Each uses ``train.num_threads`` of the preset (``tiny``
+    fixes it at 1, so the numbers are the same on any machine); a preset that leaves it at 0 gets
+    an equal share of the CPU threads (small models use two single-threaded processes better than
+    one process with two threads).
     """
     out = Path(out).resolve()
     studies = plan_studies() if studies is None else studies
@@ -270,7 +327,10 @@ def run_workbook(preset: str = "tiny", seeds: int = 1, out: str | Path = "result
     common = {"preset": preset, "overrides": list(overrides), "out_dir": str(out)}
     before = [("01_data_exploration", nb_out / "01_data_exploration.ipynb", dict(common)),
               ("02_backbone_pretraining", nb_out / "02_backbone_pretraining.ipynb", dict(common))]
-    threads = [f"train.num_threads={max(1, (os.cpu_count() or 1) // jobs)}"] if jobs > 1 else []
+    from .config import load_config
+    preset_threads = load_config(preset, "x_tfclip", overrides).train.num_threads
+    threads = ([f"train.num_threads={max(1, (os.cpu_count() or 1) // jobs)}"]
+               if jobs > 1 and preset_threads == 0 else [])
     ablations = []
     for run in runs:
         num = max(seeds, spread_seeds) if run.name in BASELINES else seeds
@@ -298,8 +358,13 @@ def run_workbook(preset: str = "tiny", seeds: int = 1, out: str | Path = "result
         bar.set_postfix_str(output.stem)
         bar.update()
 
+    stages: dict[str, float] = {}
+    started = time.perf_counter()
     for job in before:
         execute(job)
+    stages["synthetic set and exploration (01)"] = timings[before[0][1].stem]
+    stages["backbone pretraining (02)"] = timings[before[1][1].stem]
+    phase = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = [pool.submit(execute, job) for job in todo]
         for future in as_completed(futures):
@@ -307,12 +372,16 @@ def run_workbook(preset: str = "tiny", seeds: int = 1, out: str | Path = "result
                 for other in futures:
                     other.cancel()
                 raise future.exception()
+    stages[f"trained models (03, {len(todo)} of {len(ablations)}, {max(1, jobs)} side by side)"] = round(
+        time.perf_counter() - phase, 1)
     for job in after:
         execute(job)
+        stages[f"{job[0]}"] = timings[job[1].stem]
+    stages["total"] = round(time.perf_counter() - started, 1)
     bar.close()
     summary = {"preset": preset, "seeds": seeds, "spread_seeds": spread_seeds, "jobs": jobs,
                "studies": [s.name for s in studies], "training_runs": len(runs),
-               "skipped_done": skipped, "elapsed_s": timings,
+               "skipped_done": skipped, "stages": stages, "elapsed_s": timings,
                "report": str(out / "report" / "ablation.md")}
     (out / "workbook.json").write_text(json.dumps(summary, indent=2))
     return summary

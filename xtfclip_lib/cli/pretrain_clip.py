@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from xtfclip_lib.config import PRETRAIN_STEPS, PRETRAIN_THREADS
+
 logger = logging.getLogger(__name__)
 
 
@@ -25,12 +27,16 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default="data/tiny-clip/tiny_clip.pt",
                         help="checkpoint to write; the sidecar gets the same name with .json "
                              "(default: %(default)s)")
-    parser.add_argument("--max-seconds", type=float, default=150,
-                        help="wall-clock budget from start to the last step, data loading "
-                             "included (default: %(default)s)")
-    parser.add_argument("--max-steps", type=int, default=None,
-                        help="stop after this many steps; the schedule then follows steps and the "
-                             "run is reproducible for a seed (default: time-bounded)")
+    parser.add_argument("--steps", "--max-steps", dest="steps", type=int, default=PRETRAIN_STEPS,
+                        help="pretraining steps: the whole budget; the same steps, seed and "
+                             "--threads give a byte-identical checkpoint on any load (default: "
+                             "%(default)s, the embedded default's calibration)")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="optional safety ceiling: reaching it is an error and writes "
+                             "nothing; it never shortens the run (default: none)")
+    parser.add_argument("--threads", type=int, default=PRETRAIN_THREADS,
+                        help="torch CPU threads while pretraining; part of what makes the result "
+                             "reproducible (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, sampling and "
                         "augmentation (default: %(default)s)")
     parser.add_argument("--arch", default="tiny-clip",
@@ -54,11 +60,15 @@ def _run(args: argparse.Namespace) -> int:
                 if value is not None}
     metrics = pretrain_tiny_clip(
         args.data, args.out, arch=args.arch, image_size=args.image_size,
-        max_seconds=args.max_seconds, max_steps=args.max_steps, seed=args.seed,
+        steps=args.steps, max_seconds=args.max_seconds, num_threads=args.threads, seed=args.seed,
         overwrite=args.overwrite, progress=not args.no_progress, **optional)
     before, after = metrics["zero_shot_before"], metrics["zero_shot_after"]
     logger.info("%d steps, %.0f s; loss %.3f -> %.3f", metrics["steps"], metrics["seconds"],
                 metrics["loss_first"], metrics["loss_last"])
+    spread_before, spread_after = metrics["spread_before"], metrics["spread_after"]
+    logger.info("tracklet features: mean pairwise cosine %.3f -> %.3f, varying energy %.1f %% -> %.1f %%",
+                spread_before["mean_cosine"], spread_after["mean_cosine"],
+                100 * spread_before["varying_energy"], 100 * spread_after["varying_energy"])
     logger.info("zero-shot caption retrieval on %d held-out identities (chance %.1f %%): "
                 "top-1 %.1f %% -> %.1f %% (aerial %.1f %%, ground %.1f %%)", after["num_ids"],
                 100 * after["chance"], 100 * before["top1"], 100 * after["top1"],

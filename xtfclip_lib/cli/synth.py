@@ -1,6 +1,6 @@
 """`python -m xtfclip_lib synth`: write the synthetic aerial-ground video re-ID set (METHOD §1, §8).
 
-Example: ``python -m xtfclip_lib synth --root data/synthetic-ag --ids 180 --seed 0``.
+Example: ``python -m xtfclip_lib synth --root data/synthetic-ag`` (the embedded default: 300 ids, seed 0).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ logger = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
+    from xtfclip_lib.config import DataConfig
     from xtfclip_lib.data.synth import SynthParams
 
     names = ", ".join(f.name for f in fields(SynthParams))
@@ -21,9 +22,10 @@ def register(subparsers) -> None:
                     "layout (train/, case1_aerial_to_ground/, case2_ground_to_aerial/, attributes/). "
                     "The same seed and options give byte-identical files.")
     parser.add_argument("--root", default="data/synthetic-ag", help="output folder (default: %(default)s)")
-    parser.add_argument("--ids", type=int, default=180,
-                        help="identities in all: about 2/3 train, 1/3 test (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="generator seed (default: %(default)s)")
+    parser.add_argument("--ids", type=int, default=DataConfig.synth_ids,
+                        help="identities in all: 40 %% train, 60 %% test (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=DataConfig.synth_seed,
+                        help="generator seed (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a non-empty --root (without it, a non-empty root is an error)")
     parser.add_argument("--difficulty", type=float, default=1.0,

@@ -16,15 +16,16 @@ def register(subparsers) -> None:
     parser.add_argument("--preset", default="tiny",
                         help="config preset: tiny (CPU, minutes), quick (smoke test), paper (GPU); default tiny")
     parser.add_argument("--seeds", type=int, default=1, help="seeds trained for every study (default 1)")
-    parser.add_argument("--spread-seeds", type=int, default=2,
+    parser.add_argument("--spread-seeds", type=int, default=3,
                         help="seeds for the tf_clip and x_tfclip baselines, which measure the "
-                             "seed-to-seed spread shown next to every difference (default 2)")
+                             "seed-to-seed spread shown next to every difference (default 3)")
     parser.add_argument("--out", default="results/workbook", help="results folder (default results/workbook)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="dotted config override applied to every study, e.g. train.epochs=4 (repeatable)")
     parser.add_argument("--jobs", type=int, default=2,
-                        help="studies trained side by side, each with an equal share of the CPU "
-                             "threads (default 2: two single-threaded studies on a 2-core machine)")
+                        help="studies trained side by side (default 2: two single-threaded "
+                             "studies on a 2-core machine); each uses the preset's "
+                             "train.num_threads, or an equal share of the CPU threads when it is 0")
     parser.add_argument("--notebooks", default=None, help="folder of the notebooks (default: the project's notebooks/)")
     parser.set_defaults(func=_run)
 

@@ -15,6 +15,8 @@ BatchNorm or instance-norm neck, additive or learned memory weighing, a frame em
 """
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch import Tensor, nn
 
@@ -27,6 +29,21 @@ from .tmd import TemporalMemoryDiffusion
 
 # Name of the classifier trained at ``train.classifier_lr_factor`` x the base LR (METHOD §3).
 FRAME_CLASSIFIER = "classifier_tmd"
+
+
+class _InitStreams:
+    """``streams(name, make)`` runs `make()` with the global torch generator seeded from
+    (base, name) and restores the generator afterwards, so what one module draws never shifts
+    what another draws."""
+
+    def __init__(self, base: int):
+        self.base = base
+
+    def __call__(self, name: str, make):
+        digest = hashlib.sha256(f"{self.base}:{name}".encode()).digest()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+            return make()
 
 
 class FrameEmbedding(nn.Module):
@@ -79,30 +96,42 @@ class XTFCLIP(nn.Module):
         D, E, K = backbone.width, backbone.embed_dim, num_classes
         self.num_classes, self.num_cameras, self.num_frames = K, num_cameras, num_frames
         self.backbone = backbone
+        # Every module below draws its initial weights from its own stream, seeded from one draw
+        # of the global generator and the module's name: flipping a switch changes the modules it
+        # names and leaves the initial weights of every other module as they were (a same-seed
+        # ablation is paired), and the global generator advances the same for every setting.
+        init = _InitStreams(int(torch.randint(0, 2**62, (1,))))
+        attention, inorm = features.attention_pooling, features.instance_norm_neck
         # SIE camera embedding (coefficient 1.0) and, with switch 4, a frame embedding: class token only
-        self.camera_embed = nn.Parameter(torch.empty(num_cameras, D))
-        nn.init.trunc_normal_(self.camera_embed, std=model_cfg.camera_embed_std)
-        self.frame_embed = FrameEmbedding(num_frames, D) if features.frame_pos_embed else nn.Identity()
+        self.camera_embed = init("camera_embed", lambda: nn.Parameter(
+            nn.init.trunc_normal_(torch.empty(num_cameras, D), std=model_cfg.camera_embed_std)))
+        self.frame_embed = init("frame_embed", lambda: FrameEmbedding(num_frames, D)
+                                if features.frame_pos_embed else nn.Identity())
         # every pooling site has its own module (switch 2)
-        attention = features.attention_pooling
-        self.pool_img = make_pool(D, attention)
-        self.pool_proj = make_pool(E, attention)
-        self.pool_video = make_pool(E, attention)
-        self.tmd = TemporalMemoryDiffusion(D, model_cfg.tmd_heads, pool_tokens=make_pool(D, attention),
-                                           pool_frames=make_pool(D, attention))
-        self.ssp = SequenceSpecificPrompt(E, model_cfg.ssp_layers, model_cfg.ssp_heads)
-        self.memory_update = make_memory_update(features.learnable_memory_weight,
-                                                model_cfg.memory_weight_init)
-        inorm = features.instance_norm_neck
-        self.neck_img, self.neck_proj = make_neck(D, inorm), make_neck(E, inorm)
-        self.neck_frame, self.neck_tmd = make_neck(D, inorm), make_neck(D, inorm)
-        self.classifier_img = nn.Linear(D, K, bias=False)
-        self.classifier_proj = nn.Linear(E, K, bias=False)
+        self.pool_img = init("pool_img", lambda: make_pool(D, attention))
+        self.pool_proj = init("pool_proj", lambda: make_pool(E, attention))
+        self.pool_video = init("pool_video", lambda: make_pool(E, attention))
+        pool_tokens = init("tmd.pool_tokens", lambda: make_pool(D, attention))
+        pool_frames = init("tmd.pool_frames", lambda: make_pool(D, attention))
+        self.tmd = init("tmd", lambda: TemporalMemoryDiffusion(D, model_cfg.tmd_heads, pool_tokens=pool_tokens,
+                                                               pool_frames=pool_frames))
+        self.ssp = init("ssp", lambda: SequenceSpecificPrompt(E, model_cfg.ssp_layers, model_cfg.ssp_heads))
+        self.memory_update = init("memory_update", lambda: make_memory_update(
+            features.learnable_memory_weight, model_cfg.memory_weight_init))
+        self.neck_img = init("neck_img", lambda: make_neck(D, inorm))
+        self.neck_proj = init("neck_proj", lambda: make_neck(E, inorm))
+        self.neck_frame = init("neck_frame", lambda: make_neck(D, inorm))
+        self.neck_tmd = init("neck_tmd", lambda: make_neck(D, inorm))
+
+        def classifier(dim: int) -> nn.Linear:
+            layer = nn.Linear(dim, K, bias=False)
+            nn.init.normal_(layer.weight, std=model_cfg.classifier_init_std)
+            return layer
+        self.classifier_img = init("classifier_img", lambda: classifier(D))
+        self.classifier_proj = init("classifier_proj", lambda: classifier(E))
         # ONE classifier for the frame-level and the video-level TMD features, as in the published
         # TF-CLIP/X-TFCLIP code (METHOD §6); their necks stay separate. Trained at 10x LR.
-        self.classifier_tmd = nn.Linear(D, K, bias=False)
-        for classifier in (self.classifier_img, self.classifier_proj, self.classifier_tmd):
-            nn.init.normal_(classifier.weight, std=model_cfg.classifier_init_std)
+        self.classifier_tmd = init("classifier_tmd", lambda: classifier(D))
         # CLIP-Memory: fixed during training, saved in checkpoints
         self.register_buffer("memory", torch.zeros(K, E))
         self.register_buffer("memory_set", torch.tensor(False))
