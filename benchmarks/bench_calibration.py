@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         "table": table.to_dict(orient="records"), "stages_s": stages})
     shown = table.assign(R1=(100 * table.R1).round(1), mAP=(100 * table.mAP).round(1))
     print(shown.to_string(index=False))
-    print(checks.assign(value=[f"{100 * v:.1f} %" if isinstance(v, float) else str(v) for v in checks.value])
+    print(checks.assign(value=[f"{100 * v:.1f} %" if unit == "fraction" else f"{v:.0f}"
+                               for v, unit in zip(checks.value, checks.unit)]).drop(columns="unit")
           .to_string(index=False))
     print(f"wrote {path}")
     return 0 if checks.ok.all() else 1

@@ -86,3 +86,15 @@ def test_config_differences_lists_dotted_keys():
     b = to_dict(load_config("quick", overrides=["train.epochs=3", "features.flip_tta=false"]))
     assert ckpt.config_differences(a, b) == ["features.flip_tta: True -> False",
                                              "train.epochs: 1 -> 3"]
+
+
+def test_a_killed_save_leaves_a_temporary_that_the_next_run_removes(tmp_path):
+    from xtfclip_lib.checkpoint import remove_stale_temporaries
+
+    (tmp_path / "last.pt").write_bytes(b"previous")
+    leftover = tmp_path / ".last.pt.abc123.tmp"            # what a kill during save_checkpoint leaves
+    leftover.write_bytes(b"partial")
+    other = tmp_path / "notes.tmp"                          # not a checkpoint temporary: kept
+    other.write_bytes(b"x")
+    assert remove_stale_temporaries(tmp_path) == [leftover]
+    assert not leftover.exists() and other.exists() and (tmp_path / "last.pt").read_bytes() == b"previous"

@@ -227,6 +227,23 @@ def test_features_round_trip_without_pickle(tmp_path):
     assert inference.load_features(tmp_path, "test", "k2") is None       # another key: not reused
 
 
+@pytest.mark.parametrize("damage", ["truncated", "empty", "object_array"])
+def test_a_damaged_feature_cache_is_a_cache_miss_naming_the_file(tmp_path, caplog, damage):
+    fs = inference.FeatureSet(np.ones((3, 2), np.float32), np.array([1, 2, 3]), np.array([0, 4, 5]),
+                              ["a", "b", "c"])
+    path = inference.save_features(tmp_path, "test", "k1", {"case1_query": fs})
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:50])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        np.savez(path, key=np.array("k1"), case1_query__features=np.array([{"x": 1}], dtype=object))
+    with caplog.at_level("WARNING"):
+        assert inference.load_features(tmp_path, "test", "k1") is None
+    assert str(path) in caplog.text and "cache miss" in caplog.text
+    assert not list(tmp_path.glob(".*tmp*"))        # the atomic write left no temporary behind
+
+
 def test_extract_features_dense_rrs_and_flip(quick_root):
     cfg = quick_cfg(quick_root)
     tracklets = load_agvpreid(quick_root).case1_query[:3]

@@ -376,8 +376,9 @@ def _toy_rerank_case():
             g_pids)
 
 
-def reference_re_rank(qg, qq, gg, k1, k2, lambda_value):
-    """k-reciprocal re-ranking written out set by set, one sample at a time."""
+def reference_re_rank(qg, qq, gg, k1, k2, lambda_value, strict=True):
+    """k-reciprocal re-ranking written out set by set, one sample at a time; `strict` is the
+    released code's expansion rule (overlap > 2/3), False the looser >= 2/3."""
     Q = len(qg)
     dist = np.block([[qq, qg], [qg.T, gg]]).astype(np.float32)
     dist /= dist.max(axis=1, keepdims=True)
@@ -393,7 +394,8 @@ def reference_re_rank(qg, qq, gg, k1, k2, lambda_value):
         expanded = set(r_p)
         for q in r_p:
             r_q = reciprocal(q, max(1, round(k1 / 2)))
-            if len(r_p & r_q) >= 2 / 3 * len(r_q):
+            overlap, size = len(r_p & r_q), len(r_q)
+            if (3 * overlap > 2 * size) if strict else (3 * overlap >= 2 * size):
                 expanded |= r_q
         idx = sorted(expanded)
         V[p, idx] = np.exp(-dist[p, idx].astype(np.float64))
@@ -431,15 +433,33 @@ def test_re_rank_limits_and_errors():
         re_rank(qg, qq, gg, lambda_value=1.5)
 
 
-@pytest.mark.parametrize("k1,k2,lambda_value", [(5, 3, 0.3), (4, 1, 0.0), (8, 6, 0.5)])
-def test_re_rank_matches_the_set_by_set_reference(k1, k2, lambda_value):
-    rng = np.random.default_rng(16)
+@pytest.mark.parametrize("k1,k2,lambda_value,seed", [(5, 3, 0.3, 16), (4, 1, 0.0, 16), (8, 6, 0.5, 16),
+                                                     (4, 1, 0.0, 3), (4, 3, 0.3, 5)])
+def test_re_rank_matches_the_set_by_set_reference(k1, k2, lambda_value, seed):
+    rng = np.random.default_rng(seed)
     centres = rng.normal(size=(5, 3)) * 2
     q = centres[rng.integers(0, 5, 8)] + rng.normal(size=(8, 3))
     g = centres[rng.integers(0, 5, 30)] + rng.normal(size=(30, 3))
     args = (_euclidean(q, g), _euclidean(q, q), _euclidean(g, g))
     np.testing.assert_allclose(re_rank(*args, k1=k1, k2=k2, lambda_value=lambda_value),
                                reference_re_rank(*args, k1, k2, lambda_value), atol=1e-5)
+
+
+def test_re_rank_expands_only_above_two_thirds():
+    """The boundary case (overlap exactly 2/3) is not expanded, as in the released code: on these
+    cases the loose rule (>= 2/3) gives other distances, the strict one is what re_rank does."""
+    differing = 0
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        centres = rng.normal(size=(5, 3)) * 2
+        q = centres[rng.integers(0, 5, 8)] + rng.normal(size=(8, 3))
+        g = centres[rng.integers(0, 5, 30)] + rng.normal(size=(30, 3))
+        args = (_euclidean(q, g), _euclidean(q, q), _euclidean(g, g))
+        strict = reference_re_rank(*args, 4, 1, 0.0, strict=True)
+        loose = reference_re_rank(*args, 4, 1, 0.0, strict=False)
+        np.testing.assert_allclose(re_rank(*args, k1=4, k2=1, lambda_value=0.0), strict, atol=1e-5)
+        differing += not np.allclose(strict, loose, atol=1e-5)
+    assert differing > 0          # the boundary case did occur: the two rules were told apart
 
 
 def test_re_rank_jaccard_against_dense_sums():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from pathlib import Path
 
@@ -256,3 +257,17 @@ def test_cli_writes_the_set_and_reports_bad_overrides(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     assert main([*args, "--overwrite", "--set", "colour=3"]) == 2
     assert "colour=3" in capsys.readouterr().err
+
+
+def test_leftovers_of_a_killed_generation_are_removed_at_the_next_start(tmp_path):
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()                                           # a PID that no longer runs
+    stale = tmp_path / f".ag.partial-{dead.pid}"
+    (stale / "train").mkdir(parents=True)
+    alive = tmp_path / f".ag.partial-{os.getppid()}"       # a running process's: left alone
+    alive.mkdir()
+    generate_synthetic(tmp_path / "ag", num_ids=8, max_frames=8, workers=1, progress=False)
+    assert not stale.exists() and alive.exists()
+    assert (tmp_path / "ag" / "manifest.json").is_file()

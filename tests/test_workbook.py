@@ -46,9 +46,11 @@ def test_every_notebook_runs_and_the_report_has_every_study(quick_workbook):
     assert (out / "figures" / "training_diagnostics.png").stat().st_size > 0
     # every study keeps the untrained model's scores (with and without the mask) and the
     # ground-to-ground diagnostic; workbook.json records each stage's time
-    study = pd.read_csv(out / "studies" / "x_tfclip" / "seed0" / "study_metrics.csv")
-    untrained = study[study.model == "untrained"]
-    assert set(untrained.soft_biometric_mask) == {True, False} and len(untrained) == 2 * 3
+    for variant in ("x_tfclip", "tf_clip"):      # tf_clip: flip off, its studies also score flip on
+        study = pd.read_csv(out / "studies" / variant / "seed0" / "study_metrics.csv")
+        untrained = study[study.model == "untrained"]
+        assert set(untrained.soft_biometric_mask) == {True, False} and len(untrained) == 2 * 3
+        assert set(untrained.flip_tta) == {variant == "x_tfclip"}
     platform = pd.read_csv(out / "studies" / "x_tfclip" / "seed0" / "platform_metrics.csv")
     assert list(platform.case[:2]) == ["aerial_to_ground", "ground_to_ground"]
     stages = summary["stages"]

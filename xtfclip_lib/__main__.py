@@ -24,6 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"xtfclip_lib.cli.{name}").register(sub)
+    for command in sub.choices.values():   # also after the command name: `train ... --debug`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the full traceback on errors")
+        command.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                             help="only warnings and errors")
     return parser
 
 

@@ -47,6 +47,19 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
     return path
 
 
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files a killed `save_checkpoint` left in `folder` (``.NAME.*.tmp``).
+
+    Called when a run folder is opened: one run writes a folder at a time, so any temporary
+    found then belongs to an earlier, dead attempt. Returns what was removed.
+    """
+    removed = []
+    for stale in Path(folder).glob(".*.pt.*.tmp"):
+        stale.unlink(missing_ok=True)
+        removed.append(stale)
+    return removed
+
+
 def _fsync_dir(folder: Path) -> None:
     """Make the rename itself durable (a no-op where folders cannot be opened, e.g. Windows)."""
     try:

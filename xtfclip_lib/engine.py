@@ -289,6 +289,8 @@ def _open_run_folder(out: Path, cfg: Config, *, resume: bool, overwrite: bool, m
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     if main:
         out.mkdir(parents=True, exist_ok=True)
+        for stale in ckpt.remove_stale_temporaries(out):
+            logger.info("removed %s, left by a checkpoint save that was interrupted", stale.name)
     barrier()
     if not main:
         return None

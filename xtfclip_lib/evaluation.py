@@ -571,7 +571,9 @@ def re_rank(q_g_dist: Any, q_q_dist: Any, g_g_dist: Any, k1: int = 20, k2: int =
       N(p, k): the k + 1 nearest samples of p (p itself, at distance 0, included);
       R(p, k) = {g in N(p, k) : p in N(g, k)}, the k-reciprocal neighbours;
       R*(p) = R(p, k1) plus R(q, round(k1/2)) for every q in R(p, k1) with
-              |R(p, k1) & R(q, round(k1/2))| >= 2/3 |R(q, round(k1/2))| (the expansion rule);
+              |R(p, k1) & R(q, round(k1/2))| > 2/3 |R(q, round(k1/2))| (the expansion rule;
+              strictly greater, as in the authors' released code and in torchreid's and
+              fast-reid's copies of it, so re-ranked numbers compare across codebases);
       V_p[g] = exp(-d(p, g)) on R*(p), normalised to sum 1 (Gaussian-kernel weights);
       local query expansion: V_p <- mean of V_g over g in N(p, k2 - 1) (k2 nearest, p included);
       Jaccard distance d_J(p, g) = 1 - sum_j min(V_p[j], V_g[j]) / sum_j max(V_p[j], V_g[j]);
@@ -618,7 +620,7 @@ def re_rank(q_g_dist: Any, q_q_dist: Any, g_g_dist: Any, k1: int = 20, k2: int =
                  & recip1[p][:, None, None, :]).any(axis=3)                   # (c, K1, Kh)
         overlap = (in_r1 & half_ok).sum(axis=2)
         size = half_ok.sum(axis=2)
-        accept = recip1[p] & (3 * overlap >= 2 * size)
+        accept = recip1[p] & (3 * overlap > 2 * size)      # strictly more than 2/3 (see above)
         add = half_ok & accept[:, :, None]
         keys.append(np.broadcast_to(p[:, None, None], add.shape)[add] * N + half[add])
     keys = np.unique(np.concatenate(keys))

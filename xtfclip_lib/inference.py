@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -201,7 +202,10 @@ def save_features(folder: str | Path, name: str, key: str, sets: dict[str, Featu
                        f"{split}__camids": fs.camids, f"{split}__names": np.array(fs.names, dtype=str)})
     path = folder / f"{name}-{key}.npz"
     tmp = folder / f".{name}-{key}.tmp.npz"
-    np.savez(tmp, **arrays)
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+        handle.flush()
+        os.fsync(handle.fileno())        # on disk before the rename makes it visible
     os.replace(tmp, path)
     return path
 
@@ -211,12 +215,18 @@ def load_features(folder: str | Path, name: str, key: str) -> dict[str, FeatureS
     path = Path(folder) / f"{name}-{key}.npz"
     if not path.is_file():
         return None
-    with np.load(path, allow_pickle=False) as data:
-        if str(data["key"]) != key:
-            return None
-        splits = sorted({k.rsplit("__", 1)[0] for k in data.files if "__" in k})
-        return {s: FeatureSet(data[f"{s}__features"], data[f"{s}__pids"], data[f"{s}__camids"],
-                              [str(n) for n in data[f"{s}__names"]]) for s in splits}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["key"]) != key:
+                return None
+            splits = sorted({k.rsplit("__", 1)[0] for k in data.files if "__" in k})
+            return {s: FeatureSet(data[f"{s}__features"], data[f"{s}__pids"], data[f"{s}__camids"],
+                                  [str(n) for n in data[f"{s}__names"]]) for s in splits}
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        # truncated, empty, or not ours (object arrays are refused): recompute, never crash
+        logger.warning("feature cache %s does not load (%s: %s); treating it as a cache miss",
+                       path, type(exc).__name__, exc)
+        return None
 
 
 # --------------------------------------------------------------------------------------------

@@ -340,7 +340,8 @@ def calibration_checks(out_dir: str | Path, summary: pd.DataFrame | None = None)
     """Each target of METHOD §8 with its measured value and whether it holds (``ok``).
 
     `summary` is `summarise`'s table (for query counts and the bootstrap half-width); without it
-    those two rows are left out. Values are fractions, like every metric of the report.
+    those rows are left out. Values are fractions like every metric of the report (``unit``
+    "fraction"), or counts (``unit`` "count").
     """
     out_dir = Path(out_dir)
     table = calibration_table(out_dir)
@@ -352,8 +353,8 @@ def calibration_checks(out_dir: str | Path, summary: pd.DataFrame | None = None)
 
     checks = []
 
-    def check(target: str, value: float, ok: bool, bound: str) -> None:
-        checks.append({"target": target, "value": value, "bound": bound, "ok": bool(ok)})
+    def check(target: str, value: float, ok: bool, bound: str, unit: str = "fraction") -> None:
+        checks.append({"target": target, "value": value, "unit": unit, "bound": bound, "ok": bool(ok)})
 
     for case in CASES:
         value = r1("x_tfclip", "trained", True, case)
@@ -374,9 +375,9 @@ def calibration_checks(out_dir: str | Path, summary: pd.DataFrame | None = None)
         rows = summary[(summary.study == "x_tfclip") & (summary.metric == "mAP")].set_index("case")
         for case in CASES:
             count = int(rows.loc[case, "num_queries"])
-            check(f"queries, {case}", count, count >= 250, ">= 250")
+            check(f"queries, {case}", count, count >= 250, ">= 250", unit="count")
         half = float((rows.loc["overall", "ci_hi"] - rows.loc["overall", "ci_lo"]) / 2)
         check("x_tfclip overall mAP, 95 % bootstrap half-width", half, half <= 0.025, "<= 2.5 points")
         seeds = int(rows.loc["overall", "num_seeds"])
-        check("seeds of each baseline", seeds, seeds >= 3, ">= 3")
+        check("seeds of each baseline", seeds, seeds >= 3, ">= 3", unit="count")
     return pd.DataFrame(checks)

@@ -121,6 +121,7 @@ def evaluate_study(run_dir: str | Path, settings: list[dict]) -> pd.DataFrame:
     the mask only changes the distance matrix.
     """
     from . import evaluation
+    from .config import load_config_file
     from .inference import (FEATURES_DIR, UNTRAINED, case_distmats, load_features, run_features,
                             score_cases, untrained_key)
 
@@ -148,12 +149,13 @@ def evaluate_study(run_dir: str | Path, settings: list[dict]) -> pd.DataFrame:
                                        flip_tta=flip))
     # The untrained model (same seed, pretrained backbone, fresh heads), with and without the mask,
     # at the run's own flip setting: the "before" of METHOD §8's calibration.
-    untrained = load_features(run_dir / FEATURES_DIR, UNTRAINED, untrained_key(run.cfg, run.lists))
+    own = load_config_file(run_dir / "config.yaml")     # as trained: `run.cfg` has the last flip above
+    untrained = load_features(run_dir / FEATURES_DIR, UNTRAINED, untrained_key(own, run.lists))
     if untrained is not None:
         for mask in sorted({s["soft_biometric_mask"] for s in settings}):
-            table = score_cases(untrained, run.lists, run.cases, run.cfg, mask=mask, rerank=False)
+            table = score_cases(untrained, run.lists, run.cases, own, mask=mask, rerank=False)
             tables.append(table.assign(model="untrained", soft_biometric_mask=mask,
-                                       flip_tta=run.cfg.features.flip_tta))
+                                       flip_tta=own.features.flip_tta))
     return pd.concat(tables, ignore_index=True)
 
 

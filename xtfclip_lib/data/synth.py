@@ -1276,6 +1276,25 @@ def _check_root(root: Path, overwrite: bool) -> None:
                          f"(CLI: --overwrite) to replace it, or choose an empty or new folder")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_partials(root: Path) -> None:
+    """Delete ``.ROOT.partial-PID`` siblings left by killed generations (their PID is gone)."""
+    for stale in root.parent.glob(f".{root.name}.partial-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            logger.info("removing %s, left by an interrupted generation", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def generate_synthetic(root: str | os.PathLike, num_ids: int = DEFAULT_NUM_IDS, seed: int = DEFAULT_SEED, *,
                        overwrite: bool = False, difficulty: float = 1.0,
                        params: SynthParams | None = None, min_frames: int = 8, max_frames: int = 64,
@@ -1326,6 +1345,7 @@ def generate_synthetic(root: str | os.PathLike, num_ids: int = DEFAULT_NUM_IDS, 
     _check_root(root, overwrite)
     plan = _plan(num_ids, seed, test_fraction, distractors, tuple(train_tracklets), min_frames, max_frames)
 
+    _remove_stale_partials(root)
     tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
