@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..paths import check_output_file
+
 
 def add_protocol_options(parser: argparse.ArgumentParser) -> None:
     """--run, --mask, --rerank, --flip-tta, --checkpoint, --device (shared with `submit`)."""
@@ -43,6 +45,9 @@ def register(subparsers) -> None:
 
 def _run(args) -> int:
     from ..inference import evaluate_run
+
+    if args.csv:
+        check_output_file(args.csv, "--csv")  # before any feature is computed
 
     table = evaluate_run(args.run, split=args.split, mask=args.mask, rerank=args.rerank,
                          flip_tta=args.flip_tta, checkpoint=args.checkpoint, device=args.device)

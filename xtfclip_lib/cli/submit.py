@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ..paths import check_output_file
 from .evaluate import add_protocol_options
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
+    check_output_file(args.out)  # before any feature is computed: writing comes last
     from ..evaluation import rank_gallery, ranking_from_indices, write_submission
     from ..inference import case_distmats, run_features
 

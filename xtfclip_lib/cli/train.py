@@ -16,6 +16,7 @@ import logging
 import os
 
 from ..config import VARIANTS, available_presets, load_config
+from ..paths import check_output_dir
 
 
 def register(subparsers) -> None:
@@ -50,6 +51,7 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
+    check_output_dir(args.out)   # an unusable --out is refused before anything is loaded
     from ..engine import train   # keeps `--help` fast: torch and open_clip load only to train
 
     if int(os.environ.get("RANK", "0")) > 0:   # under torchrun only rank 0 talks
