@@ -14,6 +14,7 @@ of sorting each gallery row (see `_ranks_by_counting`).
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import re
@@ -689,11 +690,37 @@ def ranking_from_indices(query_names: Sequence[str], gallery_names: Sequence[str
     return [(str(q), [str(n) for n in names[row]]) for q, row in zip(query_names, top_indices)]
 
 
-def _check_name(name: Any, where: str) -> str:
+def _name_problem(name: Any, what: str) -> str | None:
+    """Why `name` cannot be a tracklet name of the submission file, or None when it can."""
     if not isinstance(name, str) or not name or re.search(r"\s", name):
-        raise ValueError(f"{where}: tracklet name {name!r} must be a non-empty string without "
-                         "whitespace (gallery names are space-separated)")
-    return name
+        return (f"{what} {name!r} must be a non-empty string without whitespace (gallery names "
+                "are space-separated)")
+    return None
+
+
+def submission_row_problem(query: Any, gallery: Sequence[Any], seen: Mapping[str, int]) -> str | None:
+    """The one rule of a submission row (METHOD §5), shared by `write_submission` and
+    `read_submission`: what is wrong with it, or None.
+
+    A row is valid when the query name and each of exactly ``SUBMISSION_NAMES_PER_ROW`` gallery
+    names is a non-empty string without whitespace (the gallery column is space-separated, so a
+    space or tab inside a name would change the names read back), and the query is not in
+    `seen` (query name -> row_id of its earlier row): a query is ranked once. Callers add where
+    the row is (a ranking index, a file line) to the message.
+    """
+    problem = _name_problem(query, "query name")
+    if problem:
+        return problem
+    if query in seen:
+        return f"query {query!r} appears a second time (first in row_id {seen[query]})"
+    for name in gallery:
+        problem = _name_problem(name, f"gallery name of query {query!r}")
+        if problem:
+            return problem
+    if len(gallery) != SUBMISSION_NAMES_PER_ROW:
+        return (f"query {query!r} has {len(gallery)} gallery names; expected "
+                f"{SUBMISSION_NAMES_PER_ROW} separated by single spaces")
+    return None
 
 
 def write_submission(path: str | os.PathLike, case1_ranking: Sequence[tuple[str, Sequence[str]]],
@@ -707,6 +734,7 @@ def write_submission(path: str | os.PathLike, case1_ranking: Sequence[tuple[str,
     """
     path = Path(path)
     rows = []
+    seen: dict[str, int] = {}
     for case, ranking in (("case1_ranking", case1_ranking), ("case2_ranking", case2_ranking)):
         for i, item in enumerate(ranking):
             try:
@@ -715,17 +743,20 @@ def write_submission(path: str | os.PathLike, case1_ranking: Sequence[tuple[str,
                 raise ValueError(f"{case}[{i}] is {item!r}; expected "
                                  "(query name, gallery names)") from None
             where = f"{case}[{i}] (query {query!r})"
-            _check_name(query, where)
             gallery = list(gallery)
             if len(gallery) < SUBMISSION_NAMES_PER_ROW:
                 raise ValueError(f"{where} has {len(gallery)} gallery names; expected at least "
                                  f"{SUBMISSION_NAMES_PER_ROW}")
-            top = [_check_name(n, where) for n in gallery[:SUBMISSION_NAMES_PER_ROW]]
+            top = gallery[:SUBMISSION_NAMES_PER_ROW]
+            problem = submission_row_problem(query, top, seen)
+            if problem:
+                raise ValueError(f"{where}: {problem}")
+            seen[query] = len(rows) + 1
             rows.append((len(rows) + 1, query, " ".join(top)))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", newline="") as f:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(SUBMISSION_HEADER)
             writer.writerows(rows)
@@ -740,24 +771,38 @@ def write_submission(path: str | os.PathLike, case1_ranking: Sequence[tuple[str,
 
 def read_submission(path: str | os.PathLike) -> pd.DataFrame:
     """Read and check a submission CSV: columns row_id (int), query_tracklet (str) and
-    gallery_tracklets (list of 10 names)."""
+    gallery_tracklets (list of 10 names).
+
+    Every row must pass `submission_row_problem`, the rule `write_submission` enforces, so a file
+    this accepts is one the writer could have written. A problem is a one-line ValueError naming
+    the file, the line and what is wrong; the file must be UTF-8 (a byte-order mark is allowed).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"submission file {path} not found")
-    with path.open(newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or tuple(header) != SUBMISSION_HEADER:
-            raise ValueError(f"{path}: header {header}; expected {','.join(SUBMISSION_HEADER)}")
-        records = []
-        for line, row in enumerate(reader, start=2):
-            if len(row) != 3:
-                raise ValueError(f"{path}:{line}: {len(row)} fields; expected 3")
-            if row[0] != str(len(records) + 1):
-                raise ValueError(f"{path}:{line}: row_id {row[0]!r}; expected {len(records) + 1}")
-            names = row[2].split(" ")
-            if len(names) != SUBMISSION_NAMES_PER_ROW or not all(names):
-                raise ValueError(f"{path}:{line}: {len(names)} gallery names; expected "
-                                 f"{SUBMISSION_NAMES_PER_ROW} separated by single spaces")
-            records.append((int(row[0]), row[1], names))
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                         f"{exc.start}); a submission file is UTF-8 CSV") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None or tuple(header) != SUBMISSION_HEADER:
+        raise ValueError(f"{path}:1: header {header}; expected {','.join(SUBMISSION_HEADER)}")
+    records = []
+    seen: dict[str, int] = {}
+    for row in reader:
+        line = reader.line_num
+        if len(row) != 3:
+            raise ValueError(f"{path}:{line}: {len(row)} fields; expected 3")
+        if row[0] != str(len(records) + 1):
+            raise ValueError(f"{path}:{line}: row_id {row[0]!r}; expected {len(records) + 1}")
+        names = row[2].split(" ")
+        problem = submission_row_problem(row[1], names, seen)
+        if problem:
+            raise ValueError(f"{path}:{line}: {problem}")
+        seen[row[1]] = len(records) + 1
+        records.append((int(row[0]), row[1], names))
     return pd.DataFrame(records, columns=list(SUBMISSION_HEADER))
