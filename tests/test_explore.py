@@ -1,6 +1,8 @@
 """Data summaries of `xtfclip_lib.explore` on a hand-built AG-VPReID folder with known counts."""
 from __future__ import annotations
 
+import json
+import logging
 import sys
 import types
 from pathlib import Path
@@ -10,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from xtfclip_lib import explore
+from xtfclip_lib import explore, paths
 from xtfclip_lib.config import load_config
 from xtfclip_lib.data.attributes import ATTRIBUTES, CSV_COLUMNS, UNKNOWN_CODE
 from xtfclip_lib.data.dataset import load_agvpreid
@@ -105,8 +107,8 @@ def test_camera_statistics_every_camera_with_platform(table):
 
 def test_attribute_distribution_tidy_with_every_code(dataset):
     distribution = explore.attribute_distribution(dataset.attributes)
-    assert list(distribution.columns) == ["split", "attribute", "code", "count", "fraction",
-                                          "unknown"]
+    assert list(distribution.columns) == ["split", "attribute", "code", "value", "count",
+                                          "fraction", "unknown"]
     per_split = sum(UNKNOWN_CODE[a] + 1 for a in ATTRIBUTES)
     assert len(distribution) == 3 * per_split
     gender = distribution[(distribution.split == "train") & (distribution.attribute == "gender")]
@@ -149,7 +151,7 @@ def test_ensure_dataset_generates_only_missing_synthetic_roots(tmp_path, monkeyp
     assert explore.ensure_dataset("data/synthetic-ag", 7, 3).as_posix() == "data/synthetic-ag"
     assert explore.ensure_dataset("./data//synthetic-ag-quick", 4, 0)  # normalised comparison
     assert calls == [("data/synthetic-ag", 7, 3), ("data/synthetic-ag-quick", 4, 0)]
-    with pytest.raises(FileNotFoundError, match="data/AG-VPReID not found"):
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'data' / 'AG-VPReID'} not found"):
         explore.ensure_dataset("data/AG-VPReID", 5, 0)              # a user's dataset: never faked
     assert len(calls) == 2
 
@@ -160,14 +162,44 @@ def test_synthetic_roots_are_the_synthetic_presets_roots():
     assert load_config("paper", None).data.root not in explore.SYNTHETIC_ROOTS
 
 
-def test_chdir_to_project_root_only_from_notebooks_folder(tmp_path, monkeypatch):
-    project = tmp_path / "project"
-    (project / "xtfclip_lib").mkdir(parents=True)
-    (project / "notebooks").mkdir()
-    monkeypatch.chdir(project / "notebooks")
-    assert explore.chdir_to_project_root() == project
-    assert Path.cwd() == project
-    elsewhere = tmp_path / "notebooks"  # a notebooks folder outside a project: left alone
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
-    assert explore.chdir_to_project_root() == elsewhere and Path.cwd() == elsewhere
+@pytest.fixture
+def restore_logging():
+    top, package = logging.getLogger(), logging.getLogger("xtfclip_lib")
+    handlers, levels = list(top.handlers), (top.level, package.level)
+    yield
+    top.handlers[:] = handlers
+    top.setLevel(levels[0])
+    package.setLevel(levels[1])
+
+
+def test_notebook_setup_from_another_folder(tmp_path, monkeypatch, restore_logging, capsys):
+    monkeypatch.chdir(tmp_path)            # e.g. papermill called from elsewhere
+    root = explore.notebook_setup()
+    assert root == paths.project_root() and Path.cwd() == root
+    assert (Path("pyproject.toml")).is_file()
+    explore.notebook_setup()               # twice: still one handler of ours
+    ours = [h for h in logging.getLogger().handlers if getattr(h, "_xtfclip_notebook", False)]
+    assert len(ours) == 1
+    log = logging.getLogger("xtfclip_lib.data.dataset")
+    log.info("an info line")
+    log.warning("3 of 90 person ids are not in the attribute table")
+    captured = capsys.readouterr()
+    assert captured.out == ("WARNING xtfclip_lib.data.dataset: 3 of 90 person ids are not in the "
+                            "attribute table\n")         # plain stdout text, not a stderr block
+    assert captured.err == ""
+    assert logging.getLogger("xtfclip_lib").isEnabledFor(logging.INFO)   # train.log keeps INFO
+
+
+def test_attribute_value_names_only_for_a_synthetic_set(tmp_path, root, dataset):
+    synthetic = tmp_path / "synthetic"
+    synthetic.mkdir()
+    (synthetic / "manifest.json").write_text(json.dumps({"generator": "xtfclip_lib.data.synth"}))
+    names = explore.attribute_value_names(synthetic)
+    assert names["gender"] == ("male", "female")
+    assert explore.attribute_value_names(root) is None                  # no manifest: codes only
+    distribution = explore.attribute_distribution(dataset.attributes, names)
+    gender = distribution[(distribution.split == "train") & (distribution.attribute == "gender")]
+    assert list(gender.value) == ["male", "female", "unknown"]
+    plain = explore.attribute_distribution(dataset.attributes)
+    assert list(plain[(plain.split == "train") & (plain.attribute == "gender")].value) == \
+        ["0", "1", "unknown"]

@@ -8,8 +8,10 @@ tracklets are, and how the 15 soft biometrics are spread (and how often they are
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from xtfclip_lib import paths
 from xtfclip_lib.data.attributes import ATTRIBUTES, UNKNOWN_CODE
 from xtfclip_lib.data.dataset import AERIAL_CAMERAS, GROUND_CAMERAS, AGVPReID, Tracklet
 
@@ -29,19 +32,28 @@ SYNTHETIC_ROOTS: tuple[str, ...] = ("data/synthetic-ag", "data/synthetic-ag-quic
 ATTRIBUTE_SPLITS: tuple[str, ...] = ("train", "case1", "case2")
 
 
-def chdir_to_project_root(start: str | os.PathLike | None = None) -> Path:
-    """Make the repository root the working directory when a notebook runs inside `notebooks/`.
+def notebook_setup(level: int = logging.WARNING) -> Path:
+    """The first call of every notebook: project root as working directory, quiet plain logging.
 
-    JupyterLab starts a notebook's kernel in the notebook's folder, papermill (and the workbook)
-    in the caller's; the notebooks' relative parameters (``data/...``, ``results/...``) mean the
-    repository root in both cases. Anywhere else the working directory is left as it is.
-    Returns the working directory afterwards.
+    Relative paths then mean the project root whatever folder the kernel started in
+    (`paths.use_project_root`). Log records of `level` and above are printed to stdout as plain
+    ``LEVEL logger: message`` lines, so that an executed notebook shows them as ordinary text
+    rather than as red stderr blocks; the library's INFO records still reach a run's
+    ``train.log``. Calling it again replaces its handler rather than adding a second one.
+    Returns the project root.
     """
-    cwd = Path(start) if start is not None else Path.cwd()
-    if cwd.name == "notebooks" and (cwd.parent / "xtfclip_lib").is_dir():
-        os.chdir(cwd.parent)
-        return cwd.parent
-    return cwd
+    root = paths.use_project_root()
+    top = logging.getLogger()
+    for handler in [h for h in top.handlers if getattr(h, "_xtfclip_notebook", False)]:
+        top.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler._xtfclip_notebook = True
+    top.addHandler(handler)
+    top.setLevel(min(level, logging.WARNING))
+    logging.getLogger("xtfclip_lib").setLevel(logging.INFO)   # for train.log, not the notebook
+    return root
 
 
 def ensure_dataset(root: str | os.PathLike, num_ids: int, seed: int,
@@ -49,16 +61,17 @@ def ensure_dataset(root: str | os.PathLike, num_ids: int, seed: int,
     """`root` as a Path, generating the synthetic set there first when it is missing.
 
     Generation happens only when `root` does not exist and is one of `synthetic_roots` (compared
-    as normalised relative paths), so a missing real dataset is reported, never replaced by a
+    as absolute paths from the working directory, which the notebooks make the project root),
+    so a missing real dataset is reported, with its absolute path, never replaced by a
     synthetic one. An existing root is returned untouched; `load_agvpreid` checks its layout.
     """
     root = Path(root)
     if root.exists():
         return root
-    if os.path.normpath(root) not in {os.path.normpath(r) for r in synthetic_roots}:
+    if os.path.abspath(root) not in {os.path.abspath(r) for r in synthetic_roots}:
         raise FileNotFoundError(
-            f"dataset root {root} not found; put the AG-VPReID download there (METHOD.md §1 "
-            f"layout), or use a synthetic root {list(synthetic_roots)}, which is generated when "
+            f"dataset root {os.path.abspath(root)} not found; put the AG-VPReID download there "
+            f"(METHOD.md §1 layout), or use a synthetic root {list(synthetic_roots)}, which is generated when "
             f"missing, or run 'python -m xtfclip_lib synth --root {root}'")
     from xtfclip_lib.data.synth import generate_synthetic  # imported here: only needed to generate
 
@@ -135,13 +148,45 @@ def camera_statistics(table: pd.DataFrame) -> pd.DataFrame:
     return stats
 
 
-def attribute_distribution(attributes: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Tidy share of identities per attribute code (columns split, attribute, code, count,
-    fraction, unknown).
+def attribute_value_names(root: str | os.PathLike) -> dict[str, tuple[str, ...]] | None:
+    """What each attribute code means at `root`, for labelling plots; None when unknown.
+
+    A synthetic set (its ``manifest.json`` names the generator) uses
+    `xtfclip_lib.data.synth.ATTRIBUTE_VALUES`; the real AG-VPReID has its own meanings, which
+    this package does not ship, so its plots keep the numeric codes.
+    """
+    manifest = Path(root) / "manifest.json"
+    try:
+        generator = json.loads(manifest.read_text()).get("generator", "")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if generator != "xtfclip_lib.data.synth":
+        return None
+    from xtfclip_lib.data.synth import ATTRIBUTE_VALUES
+
+    return dict(ATTRIBUTE_VALUES)
+
+
+def code_name(attribute: str, code: int,
+              value_names: dict[str, Sequence[str]] | None = None) -> str:
+    """The label of `code`: "unknown" for the unknown code, its name when `value_names` has one,
+    else the code itself as text."""
+    if code == UNKNOWN_CODE[attribute]:
+        return "unknown"
+    names = (value_names or {}).get(attribute)
+    return str(names[code]) if names is not None and 0 <= code < len(names) else str(code)
+
+
+def attribute_distribution(attributes: dict[str, pd.DataFrame],
+                           value_names: dict[str, Sequence[str]] | None = None) -> pd.DataFrame:
+    """Tidy share of identities per attribute code (columns split, attribute, code, value,
+    count, fraction, unknown).
 
     `attributes` is `AGVPReID.attributes` (split -> table indexed by pid, the 15 columns). Every
     code 0..UNKNOWN_CODE of every attribute gets a row, zero counts included, so splits line up;
-    ``unknown`` marks the code that means "unknown" (METHOD §1).
+    ``unknown`` marks the code that means "unknown" (METHOD §1). ``value`` is the code's label
+    (`code_name`): its name from `value_names` (e.g. `attribute_value_names`), "unknown", or the
+    code as text when no names are known.
     """
     rows = []
     for split, table in attributes.items():
@@ -155,6 +200,7 @@ def attribute_distribution(attributes: dict[str, pd.DataFrame]) -> pd.DataFrame:
                                  minlength=len(codes))[:len(codes)]
             total = max(int(counts.sum()), 1)
             rows.extend({"split": split, "attribute": attribute, "code": int(code),
+                         "value": code_name(attribute, int(code), value_names),
                          "count": int(count), "fraction": count / total,
                          "unknown": bool(code == UNKNOWN_CODE[attribute])}
                         for code, count in zip(codes, counts))

@@ -345,7 +345,7 @@ def run_workbook(preset: str = "tiny", seeds: int = 1, out: str | Path = "result
     after = [("04_training", nb_out / "04_training.ipynb", {"run_dir": str(x_run), "out_dir": str(out)}),
              ("05_retrieval_visualisation", nb_out / "05_retrieval_visualisation.ipynb",
               {"run_dir": str(x_run), "out_dir": str(out)}),
-             ("06_ablation_report", nb_out / "06_ablation_report.ipynb", dict(common))]
+             ("06_ablation_report", nb_out / "06_ablation_report.ipynb", dict(common, studies_dir=str(out)))]
 
     todo = [job for job in ablations if not (Path(job[2]["run_dir"]) / "done.json").is_file()]
     skipped = len(ablations) - len(todo)
