@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .config import Config, config_digest, save_config, to_dict
@@ -43,6 +42,7 @@ from .inference import (FEATURES_DIR, UNTRAINED, autocast, autocast_dtype, build
 from .losses import Criterion
 from .model import build_model
 from .optim import EpochSchedule, build_optimizer, centralize_gradients
+from .progress import tqdm  # console bars; none in a notebook kernel
 
 logger = logging.getLogger(__name__)
 

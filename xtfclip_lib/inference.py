@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import evaluation
 from .checkpoint import check_compatible, file_digest, load_checkpoint
@@ -36,6 +35,7 @@ from .data.dataset import AGVPReID, Tracklet, attributes_for, load_agvpreid, spl
 from .data.loader import build_test_loader
 from .distributed import all_gather_rows, is_main_process, resolve_device
 from .model import build_model
+from .progress import tqdm  # console bars; none in a notebook kernel
 
 logger = logging.getLogger(__name__)
 

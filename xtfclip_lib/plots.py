@@ -150,6 +150,8 @@ def attribute_grid(distribution: pd.DataFrame, path: str | os.PathLike | None = 
     ``attribute``, ``code``, ``fraction`` and ``unknown`` (bool: the code means "unknown"), as
     `explore.attribute_distribution` returns. Splits are side-by-side bars; the unknown code is
     hatched, since switch 7 (METHOD §4) ignores it and a large unknown share weakens the mask.
+    With a ``value`` column (what each code means, e.g. "female"), the bars are labelled with
+    it, so a reader need not look codes up; without one, with the codes.
     """
     _require_columns(distribution, ("split", "attribute", "code", "fraction", "unknown"),
                      "attribute_grid")
@@ -158,7 +160,8 @@ def attribute_grid(distribution: pd.DataFrame, path: str | os.PathLike | None = 
     if not attributes:
         raise ValueError("attribute_grid: `distribution` has no rows")
     nrows = -(-len(attributes) // ncols)
-    fig = Figure(figsize=(2.6 * ncols, 2.1 * nrows), layout="constrained")
+    named = "value" in distribution.columns
+    fig = Figure(figsize=(2.6 * ncols, (3.0 if named else 2.1) * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     width = 0.8 / len(splits)
     colors = [f"C{i}" for i in range(len(splits))]
@@ -172,7 +175,12 @@ def attribute_grid(distribution: pd.DataFrame, path: str | os.PathLike | None = 
                    width=width, color=colors[i], hatch=hatches, edgecolor="white", linewidth=0,
                    label=split)
         ax.set_title(attribute, fontsize=9)
-        ax.set_xticks(codes)
+        if named:
+            labels = rows.drop_duplicates("code").set_index("code")["value"].reindex(codes)
+            ax.set_xticks(codes, [str(v) for v in labels], rotation=60, ha="right",
+                          rotation_mode="anchor")
+        else:
+            ax.set_xticks(codes)
         ax.tick_params(labelsize=6)
         ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
     for ax in axes[len(attributes):]:
@@ -522,17 +530,41 @@ def embed_2d(features: Any, method: str = "pca", seed: int = 0) -> np.ndarray:
     raise ValueError(f"embed_2d: unknown method {method!r}; expected 'pca' or 'tsne'")
 
 
+def robust_limits(values: Any, percentile: float = 5.0, pad: float = 0.5) -> tuple[float, float]:
+    """Axis limits that a few far outliers cannot stretch: the `percentile` and
+    100 - `percentile` percentiles, widened by `pad` times their distance on each side, and never
+    beyond the data's own range.
+
+    For roughly normal data (5th-95th percentile, pad 0.5) that is about +-3.3 standard
+    deviations, so every ordinary point stays inside, while one point far away no longer
+    squashes all the others into a corner.
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if not len(values):
+        raise ValueError("robust_limits: no finite values")
+    low, high = np.percentile(values, [percentile, 100.0 - percentile])
+    span = high - low
+    if span <= 0:                       # (nearly) constant: any range around the value
+        span = max(abs(float(low)), 1.0) * 0.1
+    lo, hi = max(values.min(), low - pad * span), min(values.max(), high + pad * span)
+    margin = 0.05 * max(hi - lo, span)  # room for the markers at the edge
+    return float(lo - margin), float(hi + margin)
+
+
 def embedding_plot(features: Any, pids: Sequence[int], platforms: Sequence[str],
                    method: str = "pca", path: str | os.PathLike | None = None, seed: int = 0,
                    max_ids: int | None = None, normalize: bool = True,
-                   title: str | None = None) -> Figure:
+                   title: str | None = None, robust: bool = True) -> Figure:
     """Tracklet features in 2-D, coloured by identity, marked by platform (o ground, ^ aerial).
 
     features: (N, D); pids, platforms: (N,). Points of one identity from both platforms lying
     together is what cross-platform re-ID needs; an aerial cluster apart from a ground one shows
     the platform gap. Colours repeat after 20 identities, so `max_ids` keeps a seeded random
     subset of identities (all when None). With `normalize`, rows are L2-normalised first, as the
-    retrieval distance is (METHOD §5).
+    retrieval distance is (METHOD §5). With `robust`, the axis limits come from
+    `robust_limits`, so one outlying tracklet cannot squash the rest; the points left outside
+    are counted in the lower-left corner.
     """
     features = np.asarray(features, dtype=np.float64)
     pids = np.asarray(pids).ravel()
@@ -565,6 +597,15 @@ def embedding_plot(features: Any, pids: Sequence[int], platforms: Sequence[str],
             handles.append(Line2D([], [], ls="", marker=marker, color="grey", label=platform))
     ax.legend(handles=handles, fontsize=8, title=f"{len(identities)} identities",
               title_fontsize=8)
+    if robust:
+        (x0, x1), (y0, y1) = robust_limits(coords[:, 0]), robust_limits(coords[:, 1])
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y0, y1)
+        outside = int(((coords[:, 0] < x0) | (coords[:, 0] > x1) | (coords[:, 1] < y0)
+                       | (coords[:, 1] > y1)).sum())
+        if outside:
+            ax.text(0.01, 0.01, f"{outside} of {len(coords)} points outside the axes",
+                    transform=ax.transAxes, fontsize=7, color="dimgrey")
     axis_name = "PC" if method == "pca" else "t-SNE "
     ax.set_xlabel(f"{axis_name}1")
     ax.set_ylabel(f"{axis_name}2")

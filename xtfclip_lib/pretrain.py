@@ -49,13 +49,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from xtfclip_lib.config import PRETRAIN_STEPS, PRETRAIN_THREADS
 from xtfclip_lib.data.attributes import ATTRIBUTES, UNKNOWN_CODE
 from xtfclip_lib.data.dataset import AERIAL_CAMERAS, GROUND_CAMERAS, Tracklet, load_agvpreid
 from xtfclip_lib.data.loader import decode_frame
 from xtfclip_lib.model.backbone import register_local_configs
+from xtfclip_lib.progress import tqdm  # console bars; none in a notebook kernel
 
 logger = logging.getLogger(__name__)
 

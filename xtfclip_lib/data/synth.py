@@ -42,10 +42,10 @@ from typing import Any, Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from tqdm.auto import tqdm
 
 from xtfclip_lib.config import DataConfig
 from xtfclip_lib.data.attributes import ATTRIBUTES, CSV_COLUMNS, UNKNOWN_CODE
+from xtfclip_lib.progress import tqdm  # console bars; none in a notebook kernel
 
 logger = logging.getLogger(__name__)
 
