@@ -46,21 +46,74 @@ def collect_studies(out_dir: str | Path, studies) -> list[StudyResult]:
     """Read every study's per-query results under ``out_dir/studies/`` (any number of seeds).
 
     `studies` is `workbook.plan_studies()` (or a part of it). A study none of whose seeds has
-    results raises FileNotFoundError naming the folder, so a report never silently drops a row.
+    results raises FileNotFoundError naming the folder, so a report never silently drops a row;
+    studies trained with settings that differ in more than their ablated switch raise
+    ValueError (`check_same_settings`), so a report never mixes them.
     """
     results = []
     for study in studies:
         folder = Path(out_dir) / "studies" / study.run.name
         seeds = {}
-        for seed_dir in sorted(folder.glob("seed*")):
+        for seed_dir in finished_seeds(folder):
             path = seed_dir / "per_query" / f"{setting_name(study.test_time)}.npz"
-            if (seed_dir / "done.json").is_file() and path.is_file():
+            if path.is_file():
                 seeds[int(seed_dir.name[4:])] = read_per_query(path)
         if not seeds:
             raise FileNotFoundError(f"study {study.name}: no finished seed with "
                                     f"per_query/{setting_name(study.test_time)}.npz under {folder}")
         results.append(StudyResult(study.name, study.kind, study.switch, seeds))
+    check_same_settings(out_dir, studies)
     return results
+
+
+def finished_seeds(run_folder: str | Path) -> list[Path]:
+    """The ``seed<N>`` folders of one trained model that hold a ``done.json``, by seed."""
+    found = [d for d in Path(run_folder).glob("seed*") if d.name[4:].isdigit() and (d / "done.json").is_file()]
+    return sorted(found, key=lambda d: int(d.name[4:]))
+
+
+def study_configs(out_dir: str | Path, run_name: str) -> dict[int, dict]:
+    """The resolved config (`config.to_dict`) each finished seed of model `run_name` was trained
+    with, from its own ``config.yaml``, by seed."""
+    from .config import load_config_file, to_dict
+
+    configs = {}
+    for seed_dir in finished_seeds(Path(out_dir) / "studies" / run_name):
+        configs[int(seed_dir.name[4:])] = to_dict(load_config_file(seed_dir / "config.yaml"))
+    return configs
+
+
+def check_same_settings(out_dir: str | Path, studies) -> None:
+    """Raise ValueError unless the studies' models were trained with one setting.
+
+    Each model is compared with the baseline it modifies (``loo_*`` with x_tfclip, ``aoi_*`` with
+    tf_clip, tf_clip with x_tfclip), seed by seed against the baseline's first seed: they may
+    differ only in ``train.seed`` and in the switch being ablated (the keys of the model's
+    training overrides; between the two baselines, any ``features`` switch). The error names the
+    two studies and the differing keys.
+    """
+    from .checkpoint import config_differences
+    from .config import SWITCHES
+
+    runs = list(dict.fromkeys(study.run for study in studies))
+    baselines = {}
+    for run in runs:
+        reference = "x_tfclip" if run.name in ("tf_clip", "x_tfclip") else run.variant
+        if reference not in baselines:
+            configs = study_configs(out_dir, reference)
+            if not configs:
+                continue                     # no baseline to compare with (collect_studies says so)
+            baselines[reference] = min(configs.items())
+        allowed = {"train.seed", *(o.split("=")[0] for o in run.overrides)}
+        if run.name in ("tf_clip", "x_tfclip"):
+            allowed |= {f"features.{s}" for s in SWITCHES}
+        ref_seed, ref_config = baselines[reference]
+        for seed, config in study_configs(out_dir, run.name).items():
+            differs = [d for d in config_differences(ref_config, config) if d.split(":")[0] not in allowed]
+            if differs:
+                raise ValueError(f"studies {reference} (seed{ref_seed}) and {run.name} (seed{seed}) were "
+                                 f"trained with other settings than their ablated switch: "
+                                 f"{'; '.join(differs)}; rerun the workbook to retrain the stale ones")
 
 
 def per_query_values(arrays: dict, metric: str) -> np.ndarray:
