@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -245,3 +246,69 @@ def test_calibration_table_and_checks(tmp_path):
     assert failed["tf_clip without the mask, trained R1 overall"]
     with pytest.raises(FileNotFoundError, match="finished x_tfclip studies"):
         calibration_table(tmp_path / "empty")
+
+
+def test_verdicts_are_decided_on_the_numbers_as_printed():
+    from xtfclip_lib.report import as_printed, exceeds_noise
+
+    assert as_printed(0.01149) == 1.1 and as_printed(-0.0004) == 0.0
+    assert not exceeds_noise(0.0114, 0.0106, 0.002, 0.02)     # "+1.1" against "±1.1": within noise
+    assert exceeds_noise(0.0116, 0.0106, 0.002, 0.02)         # "+1.2" against "±1.1"
+    assert not exceeds_noise(0.03, 0.01, 0.0004, 0.05)        # interval printed "[+0.0, +5.0]"
+    assert exceeds_noise(-0.03, 0.01, -0.05, -0.0006)         # "[-5.0, -0.1]" excludes zero
+    assert not exceeds_noise(0.05, math.nan, 0.01, 0.09)      # no seed spread: nothing exceeds
+
+
+def _report(tmp_path):
+    tf = _study("tf_clip", 0.3, 2, seed0=0)
+    x = _study("x_tfclip", 0.7, 2, seed0=7)
+    loo = _study("loo_attention_pooling", 0.69, 1, kind="leave_one_out", seed0=7)
+    big = _study("aoi_attention_pooling", 0.6, 1, kind="add_one_in", seed0=3)
+    summary = summarise([tf, x, loo, big], num_bootstrap=100)
+    return write_report(summary, tmp_path / "report", {"dataset": "synthetic set", "seeds": "x_tfclip: 2 seeds"})
+
+
+def test_html_report_is_rendered_markdown_in_percent_with_the_noise_rule(tmp_path):
+    paths = _report(tmp_path)
+    page = paths["html"].read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<style>" in page and page.count("<table>") == 4
+    assert "**" not in page and "| ---" not in page and "|---" not in page     # no literal markdown
+    assert "<strong>What these numbers are.</strong>" in page
+    assert "Noise rule: a difference <em>exceeds noise</em> only if" in page
+    assert "largest first: aoi_attention_pooling (+" in page
+    assert "a <strong>positive</strong> leave-one-out delta means removing the switch <em>helps</em>" in page
+    assert "filled marker" in page and '<img alt="mAP" src="ablation_mAP.png"' in page
+    verdicts = page[page.index("<th>compared_with</th>"):]
+    verdicts = verdicts[:verdicts.index("</table>")]
+    assert "±" in verdicts and not re.search(r"\b0\.\d{3,}", verdicts)        # percent, not fractions
+    md = paths["md"].read_text()
+    assert "Noise rule:" in md and "largest first" in md and "removing the switch *helps*" in md
+
+
+def test_each_printed_verdict_agrees_with_its_printed_numbers(tmp_path):
+    md = _report(tmp_path)["md"].read_text()
+    rows = [line.split(" | ") for line in md.splitlines() if line.startswith("| loo_") or line.startswith("| aoi_")]
+    rows = [r for r in rows if len(r) == 6 and r[1] in ("x_tfclip", "tf_clip")]   # the verdict table
+    assert {r[0] for r in rows} == {"| loo_attention_pooling", "| aoi_attention_pooling"}
+    for _, _, delta, ci, noise, verdict in rows:
+        lo, hi = (float(v) for v in ci.strip("[]").split(", "))
+        agrees = abs(float(delta)) > float(noise.lstrip("±")) and (lo > 0 or hi < 0)
+        assert verdict.rstrip(" |") == ("exceeds noise" if agrees else "within noise")
+    assert any("exceeds noise" in r[-1] for r in rows) and any("within noise" in r[-1] for r in rows)
+
+
+def test_ablation_plot_draws_noise_exceeding_studies_filled(tmp_path):
+    from xtfclip_lib import plots
+
+    frame = pd.DataFrame({"study": ["tf_clip", "x_tfclip", "loo_a"], "case": "overall", "metric": "mAP",
+                          "mean": [0.2, 0.5, 0.45], "lo": [0.18, 0.47, 0.43], "hi": [0.22, 0.53, 0.47],
+                          "exceeds": [True, True, False]})
+    fig = plots.ablation_plot(frame)
+    ax = fig.axes[0]
+    faces = [c.get_facecolors() for c in ax.collections if len(c.get_offsets())]
+    white = [f for f in faces if len(f) and np.allclose(f[:, :3], 1.0)]
+    assert len(white) == 1 and len(white[0]) == 1                      # loo_a hollow, the rest filled
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "exceeds noise" in labels and "within noise" in labels
+    plain = plots.ablation_plot(frame.drop(columns=["exceeds"]))
+    assert "within noise" not in [t.get_text() for t in plain.axes[0].get_legend().get_texts()]
