@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from xtfclip_lib.config import load_config, save_config
 from xtfclip_lib.report import (StudyResult, bootstrap_ci, collect_studies, delta_table, headline_table,
                                 per_query_values, setting_name, verdict_table, write_report,
                                 seed_spread, summarise, with_overall)
@@ -111,6 +113,7 @@ def test_collect_studies_reads_finished_seeds_only(tmp_path):
         arrays = {f"{c}__{k}": np.arange(3.0) + 1 for c in ("aerial_to_ground", "ground_to_aerial")
                   for k in ("ap", "inp", "first_rank")}
         np.savez(folder / f"{setting_name(study.test_time)}.npz", **arrays)
+        save_config(load_config("quick", "x_tfclip", [f"train.seed={seed}"]), folder.parent / "config.yaml")
         if done:
             (folder.parent / "done.json").write_text("{}")
     [result] = collect_studies(tmp_path, [study])
@@ -118,6 +121,79 @@ def test_collect_studies_reads_finished_seeds_only(tmp_path):
     np.testing.assert_array_equal(result.results[0]["aerial_to_ground"]["first_rank"], [1, 2, 3])
     with pytest.raises(FileNotFoundError, match="tf_clip"):
         collect_studies(tmp_path, [plan_studies()[0]])
+
+
+def _finished(root, run, seed, *overrides, preset="quick"):
+    """A finished model folder of the workbook: its config.yaml, done.json and per-query arrays."""
+    from xtfclip_lib.workbook import plan_studies
+
+    [variant] = {s.run.variant for s in plan_studies() if s.run.name == run}
+    train_overrides = next(s.run.overrides for s in plan_studies() if s.run.name == run)
+    folder = root / "studies" / run / f"seed{seed}"
+    (folder / "per_query").mkdir(parents=True)
+    cfg = load_config(preset, variant, [*overrides, *train_overrides, f"train.seed={seed}"])
+    save_config(cfg, folder / "config.yaml")
+    (folder / "done.json").write_text('{"overrides": []}')
+    rng = np.random.default_rng(seed)
+    arrays = {f"{c}__{k}": rng.random(5) + (k == "first_rank") for c in ("aerial_to_ground", "ground_to_aerial")
+              for k in ("ap", "inp", "first_rank")}
+    for name in ("mask1_flip1", "mask0_flip1", "mask1_flip0", "mask0_flip0"):
+        np.savez(folder / "per_query" / f"{name}.npz", **arrays)
+    return cfg
+
+
+def test_the_report_context_comes_from_the_studies_configs(tmp_path, caplog):
+    from xtfclip_lib.workbook import report_context
+
+    for seed in range(2):
+        _finished(tmp_path, "x_tfclip", seed, "train.epochs=4", "features.flip_tta=false")
+    _finished(tmp_path, "tf_clip", 0, "train.epochs=4", "features.flip_tta=false")
+    with caplog.at_level("WARNING"):
+        context = report_context("tiny", [], tmp_path)      # what the notebook was asked: not the studies
+    assert context["preset"].startswith("quick (4 epochs, input 64x32, T=2")
+    assert context["overrides"] == "features.flip_tta=false, train.epochs=4"
+    assert context["seeds"] == "x_tfclip: 2 seeds; tf_clip: 1 seed"
+    assert "describes the studies as trained, not the preset 'tiny'" in caplog.text
+    caplog.clear()
+    report_context("quick", ["train.epochs=4", "features.flip_tta=false"], tmp_path)
+    assert "describes the studies" not in caplog.text
+
+
+def test_studies_of_other_settings_are_never_mixed(tmp_path):
+    from xtfclip_lib.workbook import plan_studies
+
+    studies = [s for s in plan_studies() if s.run.name in ("tf_clip", "x_tfclip", "loo_attention_pooling",
+                                                           "aoi_attention_pooling")]
+    for run in ("x_tfclip", "tf_clip", "loo_attention_pooling", "aoi_attention_pooling"):
+        _finished(tmp_path, run, 0, "train.epochs=8")
+    _finished(tmp_path, "x_tfclip", 1, "train.epochs=8")
+    assert len(collect_studies(tmp_path, studies)) == len(studies)   # they differ only in their switch
+
+    stale = _finished(tmp_path / "b", "loo_attention_pooling", 0, "train.epochs=4")
+    for run in ("x_tfclip", "tf_clip", "aoi_attention_pooling"):
+        _finished(tmp_path / "b", run, 0, "train.epochs=8")
+    assert not stale.features.attention_pooling
+    with pytest.raises(ValueError, match=r"studies x_tfclip \(seed0\) and loo_attention_pooling \(seed0\) "
+                                         r"were trained with other settings than their ablated switch: "
+                                         r"train.epochs: 8 -> 4; rerun"):
+        collect_studies(tmp_path / "b", studies)
+
+    _finished(tmp_path / "c", "x_tfclip", 0)
+    _finished(tmp_path / "c", "x_tfclip", 1, "train.base_lr=0.5")
+    _finished(tmp_path / "c", "tf_clip", 0, "data.root=elsewhere")
+    with pytest.raises(ValueError, match=r"x_tfclip \(seed0\) and tf_clip \(seed0\) .*data.root"):
+        collect_studies(tmp_path / "c", plan_studies()[:1])
+    with pytest.raises(ValueError, match=r"x_tfclip \(seed0\) and x_tfclip \(seed1\) .*train.base_lr"):
+        collect_studies(tmp_path / "c", plan_studies()[1:2])
+
+
+def test_seed_counts_are_grouped_in_words():
+    from xtfclip_lib.workbook import seed_counts
+
+    many = {f"loo_{i}": 1 for i in range(14)} | {"tf_clip": 3, "x_tfclip": 3}
+    assert seed_counts(many) == "tf_clip and x_tfclip: 3 seeds each; the other 14 trained models: 1 seed each"
+    assert seed_counts({"a": 2, "b": 2, "c": 2, "d": 2}) == "all 4 trained models: 2 seeds each"
+    assert seed_counts({}) == "none"
 
 
 def _fake_study(root, variant, seed, r1, acc, platform):
@@ -170,3 +246,69 @@ def test_calibration_table_and_checks(tmp_path):
     assert failed["tf_clip without the mask, trained R1 overall"]
     with pytest.raises(FileNotFoundError, match="finished x_tfclip studies"):
         calibration_table(tmp_path / "empty")
+
+
+def test_verdicts_are_decided_on_the_numbers_as_printed():
+    from xtfclip_lib.report import as_printed, exceeds_noise
+
+    assert as_printed(0.01149) == 1.1 and as_printed(-0.0004) == 0.0
+    assert not exceeds_noise(0.0114, 0.0106, 0.002, 0.02)     # "+1.1" against "±1.1": within noise
+    assert exceeds_noise(0.0116, 0.0106, 0.002, 0.02)         # "+1.2" against "±1.1"
+    assert not exceeds_noise(0.03, 0.01, 0.0004, 0.05)        # interval printed "[+0.0, +5.0]"
+    assert exceeds_noise(-0.03, 0.01, -0.05, -0.0006)         # "[-5.0, -0.1]" excludes zero
+    assert not exceeds_noise(0.05, math.nan, 0.01, 0.09)      # no seed spread: nothing exceeds
+
+
+def _report(tmp_path):
+    tf = _study("tf_clip", 0.3, 2, seed0=0)
+    x = _study("x_tfclip", 0.7, 2, seed0=7)
+    loo = _study("loo_attention_pooling", 0.69, 1, kind="leave_one_out", seed0=7)
+    big = _study("aoi_attention_pooling", 0.6, 1, kind="add_one_in", seed0=3)
+    summary = summarise([tf, x, loo, big], num_bootstrap=100)
+    return write_report(summary, tmp_path / "report", {"dataset": "synthetic set", "seeds": "x_tfclip: 2 seeds"})
+
+
+def test_html_report_is_rendered_markdown_in_percent_with_the_noise_rule(tmp_path):
+    paths = _report(tmp_path)
+    page = paths["html"].read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<style>" in page and page.count("<table>") == 4
+    assert "**" not in page and "| ---" not in page and "|---" not in page     # no literal markdown
+    assert "<strong>What these numbers are.</strong>" in page
+    assert "Noise rule: a difference <em>exceeds noise</em> only if" in page
+    assert "largest first: aoi_attention_pooling (+" in page
+    assert "a <strong>positive</strong> leave-one-out delta means removing the switch <em>helps</em>" in page
+    assert "filled marker" in page and '<img alt="mAP" src="ablation_mAP.png"' in page
+    verdicts = page[page.index("<th>compared_with</th>"):]
+    verdicts = verdicts[:verdicts.index("</table>")]
+    assert "±" in verdicts and not re.search(r"\b0\.\d{3,}", verdicts)        # percent, not fractions
+    md = paths["md"].read_text()
+    assert "Noise rule:" in md and "largest first" in md and "removing the switch *helps*" in md
+
+
+def test_each_printed_verdict_agrees_with_its_printed_numbers(tmp_path):
+    md = _report(tmp_path)["md"].read_text()
+    rows = [line.split(" | ") for line in md.splitlines() if line.startswith("| loo_") or line.startswith("| aoi_")]
+    rows = [r for r in rows if len(r) == 6 and r[1] in ("x_tfclip", "tf_clip")]   # the verdict table
+    assert {r[0] for r in rows} == {"| loo_attention_pooling", "| aoi_attention_pooling"}
+    for _, _, delta, ci, noise, verdict in rows:
+        lo, hi = (float(v) for v in ci.strip("[]").split(", "))
+        agrees = abs(float(delta)) > float(noise.lstrip("±")) and (lo > 0 or hi < 0)
+        assert verdict.rstrip(" |") == ("exceeds noise" if agrees else "within noise")
+    assert any("exceeds noise" in r[-1] for r in rows) and any("within noise" in r[-1] for r in rows)
+
+
+def test_ablation_plot_draws_noise_exceeding_studies_filled(tmp_path):
+    from xtfclip_lib import plots
+
+    frame = pd.DataFrame({"study": ["tf_clip", "x_tfclip", "loo_a"], "case": "overall", "metric": "mAP",
+                          "mean": [0.2, 0.5, 0.45], "lo": [0.18, 0.47, 0.43], "hi": [0.22, 0.53, 0.47],
+                          "exceeds": [True, True, False]})
+    fig = plots.ablation_plot(frame)
+    ax = fig.axes[0]
+    faces = [c.get_facecolors() for c in ax.collections if len(c.get_offsets())]
+    white = [f for f in faces if len(f) and np.allclose(f[:, :3], 1.0)]
+    assert len(white) == 1 and len(white[0]) == 1                      # loo_a hollow, the rest filled
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "exceeds noise" in labels and "within noise" in labels
+    plain = plots.ablation_plot(frame.drop(columns=["exceeds"]))
+    assert "within noise" not in [t.get_text() for t in plain.axes[0].get_legend().get_texts()]

@@ -635,7 +635,9 @@ def ablation_plot(summary: pd.DataFrame, path: str | os.PathLike | None = None,
       interval's bounds, e.g. a 95 % bootstrap interval) or ``std`` (drawn as mean ± std).
     When both are present, lo/hi win. Studies keep their order of first appearance, top to
     bottom. Dashed vertical (forest) or horizontal (bar) lines mark `reference_studies`' means,
-    so each study reads as a difference from TF-CLIP and from X-TFCLIP.
+    so each study reads as a difference from TF-CLIP and from X-TFCLIP. An optional boolean
+    ``exceeds`` column draws the studies whose difference exceeds the noise filled and the others
+    hollow, with a legend saying so.
     """
     _require_columns(summary, ("study", "case", "metric", "mean"), "ablation_plot")
     if {"lo", "hi"} <= set(summary.columns):
@@ -669,13 +671,17 @@ def ablation_plot(summary: pd.DataFrame, path: str | os.PathLike | None = None,
             rows = summary[(summary["metric"] == metric) & (summary["case"] == case)]
             where = rows["study"].map(positions).to_numpy()
             err = np.vstack([rows["_lower"].to_numpy(), rows["_upper"].to_numpy()])
-            colors = ["k" if s in reference_studies else "tab:blue" for s in rows["study"]]
+            colors = np.array(["k" if s in reference_studies else "tab:blue" for s in rows["study"]])
+            filled = rows["exceeds"].to_numpy(bool) if "exceeds" in rows else np.ones(len(rows), bool)
             if forest:
                 ax.errorbar(rows["mean"], where, xerr=err, fmt="none", ecolor="grey", capsize=2)
-                ax.scatter(rows["mean"], where, c=colors, s=20, zorder=3)
+                ax.scatter(rows["mean"][filled], where[filled], c=colors[filled], s=20, zorder=3)
+                ax.scatter(rows["mean"][~filled], where[~filled], facecolors="white",
+                           edgecolors=colors[~filled], s=20, zorder=3)
                 ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
             else:
-                ax.bar(where, rows["mean"], yerr=err, color=colors, capsize=2, alpha=0.8)
+                ax.bar(where, rows["mean"], yerr=err, color=np.where(filled, colors, "white"),
+                       edgecolor=colors, capsize=2, alpha=0.8)
                 ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
             for i, study in enumerate(s for s in reference_studies if s in set(rows["study"])):
                 value = float(rows.loc[rows["study"] == study, "mean"].iloc[0])
@@ -684,9 +690,13 @@ def ablation_plot(summary: pd.DataFrame, path: str | os.PathLike | None = None,
             ax.set_title(f"{case} · {metric}", fontsize=9)
             ax.grid(alpha=0.3, axis="x" if forest else "y")
     present = [s for s in reference_studies if s in positions]
-    if present:
-        axes[0, 0].legend(handles=[Line2D([], [], color="k", ls=("--", ":")[i % 2], lw=0.8, label=s)
-                                   for i, s in enumerate(present)], fontsize=7, loc="best")
+    handles = [Line2D([], [], color="k", ls=("--", ":")[i % 2], lw=0.8, label=s) for i, s in enumerate(present)]
+    if "exceeds" in summary:
+        handles += [Line2D([], [], ls="", marker="o", color="tab:blue", label="exceeds noise"),
+                    Line2D([], [], ls="", marker="o", markerfacecolor="white", color="tab:blue",
+                           label="within noise")]
+    if handles:
+        axes[0, 0].legend(handles=handles, fontsize=7, loc="best")
     if forest:
         for ax in axes[:, 0]:
             ax.set_yticks(range(len(studies)), studies, fontsize=7)

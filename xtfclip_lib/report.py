@@ -46,21 +46,74 @@ def collect_studies(out_dir: str | Path, studies) -> list[StudyResult]:
     """Read every study's per-query results under ``out_dir/studies/`` (any number of seeds).
 
     `studies` is `workbook.plan_studies()` (or a part of it). A study none of whose seeds has
-    results raises FileNotFoundError naming the folder, so a report never silently drops a row.
+    results raises FileNotFoundError naming the folder, so a report never silently drops a row;
+    studies trained with settings that differ in more than their ablated switch raise
+    ValueError (`check_same_settings`), so a report never mixes them.
     """
     results = []
     for study in studies:
         folder = Path(out_dir) / "studies" / study.run.name
         seeds = {}
-        for seed_dir in sorted(folder.glob("seed*")):
+        for seed_dir in finished_seeds(folder):
             path = seed_dir / "per_query" / f"{setting_name(study.test_time)}.npz"
-            if (seed_dir / "done.json").is_file() and path.is_file():
+            if path.is_file():
                 seeds[int(seed_dir.name[4:])] = read_per_query(path)
         if not seeds:
             raise FileNotFoundError(f"study {study.name}: no finished seed with "
                                     f"per_query/{setting_name(study.test_time)}.npz under {folder}")
         results.append(StudyResult(study.name, study.kind, study.switch, seeds))
+    check_same_settings(out_dir, studies)
     return results
+
+
+def finished_seeds(run_folder: str | Path) -> list[Path]:
+    """The ``seed<N>`` folders of one trained model that hold a ``done.json``, by seed."""
+    found = [d for d in Path(run_folder).glob("seed*") if d.name[4:].isdigit() and (d / "done.json").is_file()]
+    return sorted(found, key=lambda d: int(d.name[4:]))
+
+
+def study_configs(out_dir: str | Path, run_name: str) -> dict[int, dict]:
+    """The resolved config (`config.to_dict`) each finished seed of model `run_name` was trained
+    with, from its own ``config.yaml``, by seed."""
+    from .config import load_config_file, to_dict
+
+    configs = {}
+    for seed_dir in finished_seeds(Path(out_dir) / "studies" / run_name):
+        configs[int(seed_dir.name[4:])] = to_dict(load_config_file(seed_dir / "config.yaml"))
+    return configs
+
+
+def check_same_settings(out_dir: str | Path, studies) -> None:
+    """Raise ValueError unless the studies' models were trained with one setting.
+
+    Each model is compared with the baseline it modifies (``loo_*`` with x_tfclip, ``aoi_*`` with
+    tf_clip, tf_clip with x_tfclip), seed by seed against the baseline's first seed: they may
+    differ only in ``train.seed`` and in the switch being ablated (the keys of the model's
+    training overrides; between the two baselines, any ``features`` switch). The error names the
+    two studies and the differing keys.
+    """
+    from .checkpoint import config_differences
+    from .config import SWITCHES
+
+    runs = list(dict.fromkeys(study.run for study in studies))
+    baselines = {}
+    for run in runs:
+        reference = "x_tfclip" if run.name in ("tf_clip", "x_tfclip") else run.variant
+        if reference not in baselines:
+            configs = study_configs(out_dir, reference)
+            if not configs:
+                continue                     # no baseline to compare with (collect_studies says so)
+            baselines[reference] = min(configs.items())
+        allowed = {"train.seed", *(o.split("=")[0] for o in run.overrides)}
+        if run.name in ("tf_clip", "x_tfclip"):
+            allowed |= {f"features.{s}" for s in SWITCHES}
+        ref_seed, ref_config = baselines[reference]
+        for seed, config in study_configs(out_dir, run.name).items():
+            differs = [d for d in config_differences(ref_config, config) if d.split(":")[0] not in allowed]
+            if differs:
+                raise ValueError(f"studies {reference} (seed{ref_seed}) and {run.name} (seed{seed}) were "
+                                 f"trained with other settings than their ablated switch: "
+                                 f"{'; '.join(differs)}; rerun the workbook to retrain the stale ones")
 
 
 def per_query_values(arrays: dict, metric: str) -> np.ndarray:
@@ -124,6 +177,23 @@ def seed_spread(baselines: list[StudyResult], case: str, metric: str) -> float:
     return math.sqrt(squares / dof) if dof else math.nan
 
 
+PRINTED_DECIMALS = 1     # the report prints differences in percent with this many decimals
+
+
+def as_printed(fraction: float) -> float:
+    """`fraction` in percent, rounded as the report prints it (`PRINTED_DECIMALS`)."""
+    return float(f"{100 * fraction:.{PRINTED_DECIMALS}f}")
+
+
+def exceeds_noise(delta: float, noise: float, ci_lo: float, ci_hi: float) -> bool:
+    """The noise rule (module docstring), decided on the values as printed: |delta| above the
+    noise threshold and a paired bootstrap interval that excludes zero. So a row printed
+    "+1.1" against "±1.1", or with an interval "[+0.0, +2.1]", is within noise, as it reads."""
+    if any(math.isnan(v) for v in (delta, noise, ci_lo, ci_hi)):
+        return False
+    return abs(as_printed(delta)) > as_printed(noise) and (as_printed(ci_lo) > 0 or as_printed(ci_hi) < 0)
+
+
 def summarise(studies: list[StudyResult], reference_names: tuple[str, str] = ("tf_clip", "x_tfclip"),
               num_bootstrap: int = 1000) -> pd.DataFrame:
     """One row per study x case x metric: mean, std over seeds, bootstrap CI, deltas and verdicts."""
@@ -153,8 +223,7 @@ def summarise(studies: list[StudyResult], reference_names: tuple[str, str] = ("t
                     diff = queries - ref.query_values(case, metric)
                     d_lo, d_hi = bootstrap_ci(diff, num_bootstrap, seed=1)
                     noise = 2 * sigma * math.sqrt(1 / seeds.size + 1 / ref_seeds.size)
-                    exceeds = (study.name != ref.name and not math.isnan(noise)
-                               and abs(delta) > noise and (d_lo > 0 or d_hi < 0))
+                    exceeds = study.name != ref.name and exceeds_noise(delta, noise, d_lo, d_hi)
                     row[f"delta_vs_{key}"] = delta
                     row[f"delta_ci_lo_vs_{key}"] = d_lo
                     row[f"delta_ci_hi_vs_{key}"] = d_hi
@@ -186,6 +255,15 @@ def delta_table(summary: pd.DataFrame, reference: str, metric: str = "mAP") -> p
     return out.reset_index(drop=True)
 
 
+def compared_with(study: str, kind: str) -> str:
+    """The baseline a study is a difference from: x_tfclip for leave-one-out studies (what
+    removing the switch costs), tf_clip for add-one-in studies (what adding it alone brings);
+    each baseline is compared with the other."""
+    if kind == "baseline":
+        return "tf_clip" if study == "x_tfclip" else "x_tfclip"
+    return "x_tfclip" if kind == "leave_one_out" else "tf_clip"
+
+
 def verdict_table(summary: pd.DataFrame, metric: str = "mAP", case: str = "overall") -> pd.DataFrame:
     """For every ablation study: its difference against the baseline it modifies, and the verdict.
 
@@ -195,7 +273,7 @@ def verdict_table(summary: pd.DataFrame, metric: str = "mAP", case: str = "overa
     part = summary[(summary.metric == metric) & (summary.case == case) & (summary.kind != "baseline")]
     rows = []
     for _, row in part.iterrows():
-        ref = "x_tfclip" if row["kind"] == "leave_one_out" else "tf_clip"
+        ref = compared_with(row["study"], row["kind"])
         exceeds = bool(row[f"exceeds_noise_vs_{ref}"])
         rows.append({"study": row["study"], "switch": row["switch"], "compared_with": ref,
                      "delta": row[f"delta_vs_{ref}"], "ci_lo": row[f"delta_ci_lo_vs_{ref}"],
@@ -204,8 +282,11 @@ def verdict_table(summary: pd.DataFrame, metric: str = "mAP", case: str = "overa
     return pd.DataFrame(rows)
 
 
-def _pct(value: float) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{100 * value:+.1f}"
+def _pct(value: float, sign: str = "+") -> str:
+    """A fraction in percent as the report prints it (`as_printed`), signed by default."""
+    if value is None or math.isnan(value):
+        return "n/a"
+    return f"{as_printed(value):{sign}.{PRINTED_DECIMALS}f}"
 
 
 def _markdown(table: pd.DataFrame, index: bool = True) -> str:
@@ -217,12 +298,36 @@ def _markdown(table: pd.DataFrame, index: bool = True) -> str:
     return "\n".join([header, rule, *body])
 
 
+STYLE = """
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222;
+       max-width: 62rem; margin: 2rem auto; padding: 0 1rem; }
+h1 { font-size: 1.6rem; } h2 { font-size: 1.2rem; margin-top: 2rem; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.8rem 0; font-variant-numeric: tabular-nums; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: right; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+tr:nth-child(even) td { background: #fafafa; }
+img { max-width: 100%; display: block; margin: 1rem 0; }
+"""
+
+
+def markdown_to_html(text: str, title: str) -> str:
+    """A standalone HTML page of the markdown `text` (the `markdown` package, tables extension)
+    with the report's small embedded stylesheet, so the page reads the same as the .md."""
+    import markdown
+
+    body = markdown.markdown(text, extensions=["tables"], output_format="html")
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n"
+            f"<body>\n{body}\n</body>\n</html>\n")
+
+
 def write_report(summary: pd.DataFrame, out_dir: str | Path, context: dict) -> dict[str, Path]:
     """Write ``ablation.md``, ``ablation.csv``, ``ablation.html`` and the PNG plots to `out_dir`.
 
     `context` says what the numbers are measured on (keys: ``dataset``, ``backbone``, ``preset``,
     ``seeds``, ``spread_seeds``; any more are listed too): the report states it plainly and never
-    presents the numbers as the paper's.
+    presents the numbers as the paper's. The HTML page is rendered from the markdown, so both
+    say the same; the plots draw the studies whose difference exceeds the noise filled.
     """
     from . import plots
 
@@ -232,13 +337,16 @@ def write_report(summary: pd.DataFrame, out_dir: str | Path, context: dict) -> d
     summary.to_csv(paths["csv"].with_suffix(".csv.tmp"), index=False)
     os.replace(paths["csv"].with_suffix(".csv.tmp"), paths["csv"])
 
-    plot_data = summary.rename(columns={"ci_lo": "lo", "ci_hi": "hi"})
+    exceeds = [bool(row[f"exceeds_noise_vs_{compared_with(row['study'], row['kind'])}"])
+               for _, row in summary.iterrows()]
+    plot_data = summary.rename(columns={"ci_lo": "lo", "ci_hi": "hi"}).assign(exceeds=exceeds)
     for metric in ("R1", "mAP"):
         path = out / f"ablation_{metric}.png"
         plots.ablation_plot(plot_data[plot_data.metric == metric], path=path, metrics=[metric])
         paths[f"png_{metric}"] = path
 
-    lines = ["# X-TFCLIP ablation report", ""]
+    title = "X-TFCLIP ablation report"
+    lines = [f"# {title}", ""]
     lines += ["**What these numbers are.** " + context.get("statement", (
         "Measured by this project's workbook, not taken from the X-TFCLIP paper: they show what each "
         "switch does in this setting and are not comparable with published AG-VPReID results.")), ""]
@@ -250,14 +358,18 @@ def write_report(summary: pd.DataFrame, out_dir: str | Path, context: dict) -> d
     for case in ("overall", *CASES):
         lines += [f"## {case.replace('_', ' ')}", "", _markdown(headline_table(summary, case)), ""]
     lines += ["## What each switch does (mAP, overall)", "",
-              "Leave-one-out rows are compared with x_tfclip, add-one-in rows with tf_clip. A difference "
-              "*exceeds noise* only if it is larger than twice the seed-to-seed standard error (the "
-              "spread measured on the baselines) and its 95 % paired bootstrap interval over queries "
-              "excludes zero; otherwise it is *within noise* and is not ranked.", ""]
+              "Leave-one-out rows are compared with x_tfclip, add-one-in rows with tf_clip. Each delta is "
+              "the study minus the baseline it is compared with, in percentage points: a **positive** "
+              "leave-one-out delta means removing the switch *helps* (a negative one, that the switch "
+              "helps); a positive add-one-in delta means adding the switch alone helps.", "",
+              "Noise rule: a difference *exceeds noise* only if it is larger than twice the seed-to-seed "
+              "standard error (the spread measured on the baselines; the *noise* column) and its 95 % "
+              "paired bootstrap interval over queries (*ci*) excludes zero, both judged on the values "
+              "as printed; otherwise it is *within noise* and is not ranked.", ""]
     verdicts = verdict_table(summary)
     shown = verdicts.assign(delta=verdicts.delta.map(_pct),
                             ci=[f"[{_pct(a)}, {_pct(b)}]" for a, b in zip(verdicts.ci_lo, verdicts.ci_hi)],
-                            noise=verdicts.noise.map(lambda v: "n/a" if math.isnan(v) else f"±{100 * v:.1f}"))
+                            noise=verdicts.noise.map(lambda v: "n/a" if math.isnan(v) else f"±{_pct(v, '')}"))
     lines += [_markdown(shown[["study", "compared_with", "delta", "ci", "noise", "verdict"]], index=False), ""]
     ranked = verdicts[verdicts.verdict == "exceeds noise"].sort_values("delta", key=abs, ascending=False)
     if len(ranked):
@@ -265,18 +377,13 @@ def write_report(summary: pd.DataFrame, out_dir: str | Path, context: dict) -> d
             f"{r.study} ({_pct(r.delta)})" for r in ranked.itertuples()) + ".")
     else:
         lines.append("No difference exceeds the noise at this budget: no switch can be ranked.")
-    lines += ["", "![R1](ablation_R1.png)", "", "![mAP](ablation_mAP.png)", ""]
-    paths["md"].write_text("\n".join(lines))
-
-    parts = [f"<h1>X-TFCLIP ablation report</h1><p>{html.escape(lines[2])}</p><ul>"]
-    parts += [f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in context.items()
-              if k != "statement"]
-    parts.append("</ul>")
-    for case in ("overall", *CASES):
-        parts += [f"<h2>{case}</h2>", headline_table(summary, case).to_html()]
-    parts += ["<h2>Verdicts (mAP, overall)</h2>", verdicts.to_html(index=False, float_format=lambda v: f"{v:.4f}"),
-              '<img src="ablation_R1.png"><img src="ablation_mAP.png">']
-    paths["html"].write_text("<html><body>" + "\n".join(parts) + "</body></html>")
+    lines += ["", "In the plots each study's mean has its 95 % bootstrap interval; a filled marker means "
+              "its difference from the baseline it is compared with exceeds the noise, a hollow one "
+              "that it is within noise. The dashed and dotted lines are tf_clip's and x_tfclip's means.",
+              "", "![R1](ablation_R1.png)", "", "![mAP](ablation_mAP.png)", ""]
+    text = "\n".join(lines)
+    paths["md"].write_text(text)
+    paths["html"].write_text(markdown_to_html(text, title))
     return paths
 
 

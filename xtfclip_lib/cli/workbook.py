@@ -11,8 +11,10 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "workbook", help="run the notebooks in order with papermill (data, pretraining, ablations, report)",
         description="Execute notebooks/01..06 with papermill into OUT/notebooks and write the ablation "
-                    "report to OUT/report/. Studies whose outputs exist are skipped, so an interrupted "
-                    "workbook resumes; a failing notebook exits non-zero naming the notebook and cell.")
+                    "report to OUT/report/. A study finished with the same config, data and backbone is "
+                    "skipped, so an interrupted workbook resumes; one made with other settings is "
+                    "retrained (or refused with --refuse-stale); a failing notebook exits non-zero "
+                    "naming the notebook and cell.")
     parser.add_argument("--preset", default="tiny",
                         help="config preset: tiny (CPU, minutes), quick (smoke test), paper (GPU); default tiny")
     parser.add_argument("--seeds", type=int, default=1, help="seeds trained for every study (default 1)")
@@ -26,6 +28,9 @@ def register(subparsers) -> None:
                         help="studies trained side by side (default 2: two single-threaded "
                              "studies on a 2-core machine); each uses the preset's "
                              "train.num_threads, or an equal share of the CPU threads when it is 0")
+    parser.add_argument("--refuse-stale", action="store_true",
+                        help="stop with an error naming what differs, before any study trains, "
+                             "when OUT holds studies made with other settings (default: retrain them)")
     parser.add_argument("--notebooks", default=None, help="folder of the notebooks (default: the project's notebooks/)")
     parser.set_defaults(func=_run)
 
@@ -41,6 +46,7 @@ def _run(args) -> int:
     logging.getLogger("papermill").setLevel(logging.WARNING)  # our own progress bar says enough
     summary = run_workbook(args.preset, args.seeds, args.out, spread_seeds=args.spread_seeds,
                            overrides=tuple(args.overrides), jobs=args.jobs,
+                           refuse_stale=args.refuse_stale,
                            notebooks_dir=Path(args.notebooks) if args.notebooks else NOTEBOOK_DIR)
     log.info("workbook done: report at %s", summary["report"])
     return 0
