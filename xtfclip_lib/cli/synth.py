@@ -23,7 +23,7 @@ def register(subparsers) -> None:
                     "The same seed and options give byte-identical files.")
     parser.add_argument("--root", default="data/synthetic-ag", help="output folder (default: %(default)s)")
     parser.add_argument("--ids", type=int, default=DataConfig.synth_ids,
-                        help="identities in all: 40 %% train, 60 %% test (default: %(default)s)")
+                        help="identities in all: a third train, two thirds test (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=DataConfig.synth_seed,
                         help="generator seed (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
@@ -32,7 +32,7 @@ def register(subparsers) -> None:
                         help="multiplies every nuisance (colour jitter, illumination, clutter, blur, "
                              "noise, occlusion); 1.0 = the SynthParams defaults (default: %(default)s)")
     parser.add_argument("--palette-size", type=int, default=None,
-                        help="clothing colours in use, 2..16; fewer = more look-alikes (default: 10)")
+                        help="clothing colours in use, 2..16; fewer = more look-alikes (default: the generator's, 16)")
     parser.add_argument("--min-frames", type=int, default=8, help="shortest tracklet (default: %(default)s)")
     parser.add_argument("--max-frames", type=int, default=64, help="longest tracklet (default: %(default)s)")
     parser.add_argument("--distractors", type=int, default=3,
