@@ -283,3 +283,16 @@ def test_caption_colours_named_coarse_or_none():
     assert set(COARSE_COLOURS) == {name for name, _ in COLOUR_NAMES}
     with pytest.raises(ValueError, match="colour_words='pastel'"):
         caption_colours(colours, "pastel")
+
+
+def test_pretraining_reports_its_steps_to_the_counter(tiny_set, tmp_path, monkeypatch):
+    from xtfclip_lib import pretrain, progress
+
+    seen = []
+    real = progress.StepCounter.update
+    monkeypatch.setattr(progress.StepCounter, "update",
+                        lambda self, done: (real(self, done), seen.append(progress.read_counter(self.path))))
+    out = tmp_path / "clip.pt"
+    pretrain.pretrain_tiny_clip(tiny_set, out, steps=3, batch_size=4, num_threads=1, progress=False)
+    assert seen[0] == (0, 3) and seen[-1] == (3, 3)
+    assert not progress.counter_path(out).exists() and out.is_file()

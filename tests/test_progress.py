@@ -52,3 +52,21 @@ def test_the_library_uses_these_bars():
 
     for module in (engine, inference, pretrain, synth):
         assert module.tqdm is progress.tqdm, module.__name__
+
+
+def test_step_counter_reports_every_n_steps_and_leaves_nothing(tmp_path):
+    path = progress.counter_path(tmp_path / "deep" / "tiny_clip.pt")
+    assert path.name == ".tiny_clip.pt.steps" and progress.read_counter(path) is None
+    with progress.StepCounter(path, total=25, every=10) as counter:
+        assert progress.read_counter(path) == (0, 25)       # the folder is made, 0 written
+        for step in range(1, 10):
+            counter.update(step)
+        assert progress.read_counter(path) == (0, 25)       # only every 10 steps
+        counter.update(10)
+        assert progress.read_counter(path) == (10, 25)
+        counter.update(25)                                  # the last step always
+        assert progress.read_counter(path) == (25, 25)
+    assert not path.exists() and list(path.parent.iterdir()) == []
+    path.write_text("half a li")
+    assert progress.read_counter(path) is None              # unreadable: no progress, no error
+

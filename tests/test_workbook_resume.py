@@ -198,6 +198,7 @@ def test_progress_counts_cells_and_epochs_of_the_running_notebooks(tmp_path):
     study.output.write_text('{"cells": [')             # being written: keeps what it had read
     progress.refresh()
     assert bar.n == 9
+
     (tmp_path / "run" / "metrics.jsonl").write_text('{"epoch": 1}\n' * 50)
     _notebook(study.output, 4, 4)
     progress.refresh()
@@ -218,3 +219,53 @@ def test_notebooks_run_without_the_kernel_transport_warning(tmp_path, capfd):
     captured = capfd.readouterr()
     assert "without encryption" not in captured.err + captured.out
     assert "IPKernelApp" not in captured.err
+
+
+def test_notebooks_side_by_side_never_share_kernel_sockets(tmp_path, monkeypatch):
+    """Two kernels started at the same moment must each run their own cells to the end (with
+    jupyter_client's default IPC names in the working directory they bound the same sockets, and
+    one notebook 'finished' while its training never ran)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("tag = 'none'\nout = ''", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("import time, pathlib\ntime.sleep(3)"),
+                nbformat.v4.new_code_cell("pathlib.Path(out).write_text(tag)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "97_side.ipynb")
+    monkeypatch.chdir(tmp_path)
+
+    def run(tag: str) -> Path:
+        return workbook.execute_notebook("97_side", tmp_path / "out" / f"{tag}.ipynb",
+                                         {"tag": tag, "out": str(tmp_path / f"{tag}.txt")},
+                                         notebooks_dir=tmp_path, cwd=tmp_path)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(run, ["left", "right"]))
+    assert (tmp_path / "left.txt").read_text() == "left"
+    assert (tmp_path / "right.txt").read_text() == "right"
+    assert not list(tmp_path.glob("kernel-ipc-*"))      # no socket left in the working directory
+
+
+def test_progress_advances_within_pretraining_by_its_step_counter(tmp_path):
+    from xtfclip_lib.progress import StepCounter, counter_path
+    from xtfclip_lib.workbook import _pretraining_counter
+    from xtfclip_lib.config import load_config
+
+    sources = tmp_path / "notebooks"
+    _notebook(sources / "02_backbone_pretraining.ipynb", 3, 0)
+    weights = tmp_path / "tiny_clip.pt"
+    fields = _pretraining_counter(load_config("tiny", "x_tfclip", [f"model.pretrained={weights}"]))
+    assert fields == {"counter": counter_path(weights), "counter_units": 10}
+    pretrain = NotebookJob("02_backbone_pretraining", tmp_path / "out" / "02.ipynb", {}, **fields)
+    bar = tqdm(total=0, file=io.StringIO())
+    progress = WorkbookProgress([pretrain], sources, bar=bar)
+    assert bar.total == 4 + 10
+    progress.start(pretrain)
+    with StepCounter(fields["counter"], total=200) as counter:
+        counter.update(100)
+        progress.refresh()
+        assert bar.n == 5                                # half of the pretraining's 10 steps
+    weights.write_bytes(b"made")                         # the weights exist: nothing to count
+    assert _pretraining_counter(load_config("tiny", "x_tfclip", [f"model.pretrained={weights}"])) == {}
+    assert _pretraining_counter(load_config("quick", "x_tfclip")) == {}

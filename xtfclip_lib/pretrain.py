@@ -55,7 +55,7 @@ from xtfclip_lib.data.attributes import ATTRIBUTES, UNKNOWN_CODE
 from xtfclip_lib.data.dataset import AERIAL_CAMERAS, GROUND_CAMERAS, Tracklet, load_agvpreid
 from xtfclip_lib.data.loader import decode_frame
 from xtfclip_lib.model.backbone import register_local_configs
-from xtfclip_lib.progress import tqdm  # console bars; none in a notebook kernel
+from xtfclip_lib.progress import StepCounter, counter_path, tqdm  # console bars; none in a notebook kernel
 
 logger = logging.getLogger(__name__)
 
@@ -782,28 +782,31 @@ def _pretrain(data_root: Path, out_path: Path, settings: dict[str, Any], overwri
     losses: list[float] = []
     train_start = time.perf_counter()
     bar = tqdm(total=steps, desc="pretrain-clip", unit="step", disable=not progress)
-    for step in range(steps):
-        if max_seconds is not None and time.perf_counter() - start > max_seconds:
-            bar.close()
-            raise PretrainTimeout(
-                f"pretraining reached its safety ceiling max_seconds={max_seconds:g} after {step} of "
-                f"{steps} steps; nothing was written. Raise or drop max_seconds (CLI: --max-seconds); "
-                f"the result depends only on steps={steps}, never on time")
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step / steps, lr)
-        images, text = sampler.draw(settings["caption_dropout"])
-        images = _augment(images.flatten(0, 1), generator).view(images.shape)
-        loss = _clip_loss(model, loss_fn, images, text)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))     # CLIP's cap on the temperature
-        losses.append(loss.item())
-        bar.update()
-        if len(losses) % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+    # the workbook's bar reads the step counter (the notebook kernel draws no bar of its own)
+    with StepCounter(counter_path(out_path), steps) as counter:
+        for step in range(steps):
+            if max_seconds is not None and time.perf_counter() - start > max_seconds:
+                bar.close()
+                raise PretrainTimeout(
+                    f"pretraining reached its safety ceiling max_seconds={max_seconds:g} after {step} of "
+                    f"{steps} steps; nothing was written. Raise or drop max_seconds (CLI: --max-seconds); "
+                    f"the result depends only on steps={steps}, never on time")
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(step / steps, lr)
+            images, text = sampler.draw(settings["caption_dropout"])
+            images = _augment(images.flatten(0, 1), generator).view(images.shape)
+            loss = _clip_loss(model, loss_fn, images, text)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))     # CLIP's cap on the temperature
+            losses.append(loss.item())
+            bar.update()
+            counter.update(step + 1)
+            if len(losses) % 10 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
     bar.close()
 
     model.eval()

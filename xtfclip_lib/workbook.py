@@ -35,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import SWITCHES, TEST_TIME_SWITCHES
+from .progress import counter_path, read_counter
 from .report import setting_name
 
 log = logging.getLogger(__name__)
@@ -471,18 +472,30 @@ class WorkbookError(RuntimeError):
     """A notebook failed; the message names the notebook, the cell and the partial copy."""
 
 
-def _ipc_kernel_manager():
-    """jupyter_client's async kernel manager talking to the kernel over IPC (Unix sockets in the
-    Jupyter runtime folder) instead of local TCP: ipykernel >= 7 warns on every start that a TCP
-    kernel runs without encryption, one console line per notebook, which breaks the progress bar.
-    IPC is the transport that warning recommends; it changes nothing the notebooks compute."""
+def _ipc_kernel_manager(socket_dir: str | Path):
+    """jupyter_client's async kernel manager talking to the kernel over IPC (Unix sockets) instead
+    of local TCP: ipykernel >= 7 warns on every start that a TCP kernel runs without encryption,
+    one console line per notebook, which breaks the progress bar. IPC is the transport that
+    warning recommends; it changes nothing the notebooks compute.
+
+    The sockets live in `socket_dir`, which must belong to this kernel alone: jupyter_client's
+    default names them ``kernel-ipc-<n>`` in the working directory, numbered by the first free
+    file, so two kernels started at the same moment bind the same sockets and answer each
+    other's requests (a notebook then "finishes" while its cells never ran).
+    """
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import default
+
+    prefix = str(Path(socket_dir) / "kernel")
 
     class IPCKernelManager(AsyncKernelManager):
         @default("transport")
         def _default_transport(self) -> str:
             return "ipc"
+
+        @default("ip")
+        def _default_ip(self) -> str:
+            return prefix
 
     return IPCKernelManager
 
@@ -491,9 +504,12 @@ def execute_notebook(name: str, output: Path, parameters: dict, notebooks_dir: P
                      cwd: Path | None = None) -> Path:
     """Run ``notebooks_dir/name.ipynb`` with papermill into `output`; raise WorkbookError on failure.
 
-    The kernel runs over IPC (`_ipc_kernel_manager`). Papermill saves `output` after every cell,
-    which `WorkbookProgress` reads for its bar.
+    The kernel runs over IPC (`_ipc_kernel_manager`), its sockets in a temporary folder of its
+    own that is removed afterwards, so notebooks run side by side never share one. Papermill
+    saves `output` after every cell, which `WorkbookProgress` reads for its bar.
     """
+    import tempfile
+
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -502,10 +518,11 @@ def execute_notebook(name: str, output: Path, parameters: dict, notebooks_dir: P
         raise FileNotFoundError(f"notebook {source} not found (notebooks_dir={notebooks_dir})")
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
-        papermill.execute_notebook(str(source), str(output), parameters=parameters,
-                                   progress_bar=False, kernel_name="python3",
-                                   cwd=str(cwd) if cwd else None,
-                                   kernel_manager_class=_ipc_kernel_manager())
+        with tempfile.TemporaryDirectory(prefix="xtfclip-kernel-") as sockets:
+            papermill.execute_notebook(str(source), str(output), parameters=parameters,
+                                       progress_bar=False, kernel_name="python3",
+                                       cwd=str(cwd) if cwd else None,
+                                       kernel_manager_class=_ipc_kernel_manager(sockets))
     except PapermillExecutionError as exc:
         first_line = (exc.source or "").strip().splitlines()[:1]
         raise WorkbookError(
@@ -522,12 +539,25 @@ class NotebookJob:
     output: Path               # the executed copy under OUT/notebooks/
     params: dict
     epochs: int = 0            # training epochs it runs (a study: its config's train.epochs)
+    counter: Path | None = None  # a `progress.StepCounter` file it writes (the tiny CLIP's pretraining)
+    counter_units: int = 0     # bar steps that counter stands for
 
     @property
     def label(self) -> str:
         """Name for the progress bar: ``02_backbone_pretraining``, a study ``03 loo_attention_pooling seed0``."""
         parts = self.output.stem.split("__")
         return " ".join([self.name[:2], *parts[1:]]) if len(parts) > 1 else self.name
+
+
+def _pretraining_counter(cfg, units: int = 10) -> dict:
+    """NotebookJob fields for notebook 02 when it will pretrain the tiny CLIP (`ensure_backbone`):
+    its step counter, shown as `units` steps of the workbook's bar; nothing when the weights exist."""
+    from .paths import resolve
+
+    weights = cfg.model.pretrained
+    if cfg.model.arch not in TINY_ARCHS or weights in ("", "openai") or resolve(weights).is_file():
+        return {}
+    return {"counter": counter_path(resolve(weights)), "counter_units": units}
 
 
 class WorkbookProgress:
@@ -555,8 +585,8 @@ class WorkbookProgress:
         self.bar.total = self.total
 
     def steps(self, job: NotebookJob) -> int:
-        """Steps of one notebook: its cells (+1 injected) and its training epochs."""
-        return self._cells[job.output] + job.epochs
+        """Steps of one notebook: its cells (+1 injected), its training epochs and its counter."""
+        return self._cells[job.output] + job.epochs + job.counter_units
 
     @property
     def total(self) -> int:
@@ -582,6 +612,10 @@ class WorkbookProgress:
                 epochs = min(job.epochs, sum(1 for line in metrics.read_text().splitlines() if line.strip()))
             except OSError:
                 pass
+        if job.counter is not None:
+            counted = read_counter(job.counter)
+            if counted is not None:
+                epochs += job.counter_units * counted[0] // counted[1]
         done = max(self._seen.get(job.output, 0), min(cells + epochs, self.steps(job) - 1))
         self._seen[job.output] = done
         return done
@@ -654,7 +688,8 @@ def run_workbook(preset: str = "tiny", seeds: int = 1, out: str | Path = "result
     nb_out = out / "notebooks"
     common = {"preset": preset, "overrides": list(overrides), "out_dir": str(out)}
     before = [NotebookJob("01_data_exploration", nb_out / "01_data_exploration.ipynb", dict(common)),
-              NotebookJob("02_backbone_pretraining", nb_out / "02_backbone_pretraining.ipynb", dict(common))]
+              NotebookJob("02_backbone_pretraining", nb_out / "02_backbone_pretraining.ipynb", dict(common),
+                          **_pretraining_counter(load_config(preset, "x_tfclip", overrides)))]
     preset_threads = load_config(preset, "x_tfclip", overrides).train.num_threads
     threads = ([f"train.num_threads={max(1, (os.cpu_count() or 1) // jobs)}"]
                if jobs > 1 and preset_threads == 0 else [])
