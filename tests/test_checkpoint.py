@@ -98,3 +98,22 @@ def test_a_killed_save_leaves_a_temporary_that_the_next_run_removes(tmp_path):
     other.write_bytes(b"x")
     assert remove_stale_temporaries(tmp_path) == [leftover]
     assert not leftover.exists() and other.exists() and (tmp_path / "last.pt").read_bytes() == b"previous"
+
+
+def test_atomic_write_publishes_whole_files_or_nothing(tmp_path):
+    from xtfclip_lib import files
+
+    target = tmp_path / "deep" / "report.md"
+    files.atomic_write_text(target, "first\n")
+    assert target.read_text() == "first\n"
+
+    def half_then_fail(handle):
+        handle.write(b"second, half writ")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        files.atomic_write(target, half_then_fail)
+    assert target.read_text() == "first\n"                 # the old file, untouched
+    assert sorted(p.name for p in target.parent.iterdir()) == ["report.md"]   # no temporary left
+    files.atomic_write_bytes(target, "é\n".encode())
+    assert target.read_text(encoding="utf-8") == "é\n"

@@ -16,10 +16,8 @@ truncated file gives an error naming it.
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -27,24 +25,12 @@ import numpy as np
 import torch
 
 from .config import Config
+from .files import atomic_write
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:
-    """Write `state` to `path` atomically: temp file in the same folder, fsync, os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    """Write `state` to `path` atomically (`files.atomic_write`: temporary sibling, fsync, rename)."""
+    return atomic_write(path, lambda handle: torch.save(state, handle))
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
@@ -58,20 +44,6 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
         stale.unlink(missing_ok=True)
         removed.append(stale)
     return removed
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (a no-op where folders cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

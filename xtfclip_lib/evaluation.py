@@ -18,7 +18,6 @@ import io
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import pandas as pd
 import torch
 
 from xtfclip_lib.data.attributes import ATTRIBUTES, MASKED_ATTRIBUTES, UNKNOWN_CODE
+from xtfclip_lib.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -753,17 +753,11 @@ def write_submission(path: str | os.PathLike, case1_ranking: Sequence[tuple[str,
                 raise ValueError(f"{where}: {problem}")
             seen[query] = len(rows) + 1
             rows.append((len(rows) + 1, query, " ".join(top)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(SUBMISSION_HEADER)
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(SUBMISSION_HEADER)
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
     logger.info("wrote %d submission rows (%d case 1, %d case 2) to %s", len(rows),
                 len(case1_ranking), len(case2_ranking), path)
     return path

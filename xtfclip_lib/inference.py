@@ -34,6 +34,7 @@ from .config import Config, EvalConfig, config_digest, load_config_file
 from .data.dataset import AGVPReID, Tracklet, attributes_for, load_agvpreid, split_validation
 from .data.loader import build_test_loader
 from .distributed import all_gather_rows, is_main_process, resolve_device
+from .files import atomic_write
 from .model import build_model
 from .progress import tqdm  # console bars; none in a notebook kernel
 
@@ -200,14 +201,7 @@ def save_features(folder: str | Path, name: str, key: str, sets: dict[str, Featu
     for split, fs in sets.items():
         arrays.update({f"{split}__features": fs.features, f"{split}__pids": fs.pids,
                        f"{split}__camids": fs.camids, f"{split}__names": np.array(fs.names, dtype=str)})
-    path = folder / f"{name}-{key}.npz"
-    tmp = folder / f".{name}-{key}.tmp.npz"
-    with open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
-        handle.flush()
-        os.fsync(handle.fileno())        # on disk before the rename makes it visible
-    os.replace(tmp, path)
-    return path
+    return atomic_write(folder / f"{name}-{key}.npz", lambda handle: np.savez(handle, **arrays))
 
 
 def load_features(folder: str | Path, name: str, key: str) -> dict[str, FeatureSet] | None:

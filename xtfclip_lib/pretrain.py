@@ -55,6 +55,7 @@ from xtfclip_lib.data.attributes import ATTRIBUTES, UNKNOWN_CODE
 from xtfclip_lib.data.dataset import AERIAL_CAMERAS, GROUND_CAMERAS, Tracklet, load_agvpreid
 from xtfclip_lib.data.loader import decode_frame
 from xtfclip_lib.model.backbone import register_local_configs
+from xtfclip_lib.files import atomic_write_bytes, atomic_write_text
 from xtfclip_lib.progress import StepCounter, counter_path, tqdm  # console bars; none in a notebook kernel
 
 logger = logging.getLogger(__name__)
@@ -579,19 +580,6 @@ def _lr_at(progress: float, base_lr: float, warmup: float = 0.05) -> float:
     return base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup))))
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """`write(temporary sibling)`, then rename it to `path`: readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:     # on disk before the rename makes it visible
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 class _Captioner:
     """Captions of the (person, camera) pairs of one dataset, with optional phrase dropout."""
 
@@ -834,7 +822,7 @@ def _pretrain(data_root: Path, out_path: Path, settings: dict[str, Any], overwri
                   "arch": arch, "image_size": image_size}
     buffer = io.BytesIO()     # not saved under the file's own name: torch would record that name
     torch.save(checkpoint, buffer)   # (a temporary one holds the PID) inside the archive
-    _atomic_write(out_path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+    atomic_write_bytes(out_path, buffer.getvalue())
     metrics["seconds"] = time.perf_counter() - start
     manifest = Path(data_root) / "manifest.json"
     sidecar = {
@@ -845,8 +833,7 @@ def _pretrain(data_root: Path, out_path: Path, settings: dict[str, Any], overwri
         "example_captions": [captioner.full[(pid, cam)] for pid in train_pids[:2] for cam in (0, 2, 4)],
         "metrics": metrics,
     }
-    _atomic_write(out_path.with_suffix(".json"),
-                  lambda tmp: tmp.write_text(json.dumps(sidecar, indent=1) + "\n"))
+    atomic_write_text(out_path.with_suffix(".json"), json.dumps(sidecar, indent=1) + "\n")
     logger.info("pretrained %s for %d steps in %.0f s: loss %.3f -> %.3f, zero-shot top-1 %.3f -> %.3f "
                 "(chance %.3f); wrote %s", arch, steps, metrics["seconds"], metrics["loss_first"],
                 metrics["loss_last"], zero_shot_before["top1"], zero_shot_after["top1"],

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import html
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .files import atomic_write_text
 
 CASES = ("aerial_to_ground", "ground_to_aerial")
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
@@ -334,8 +335,7 @@ def write_report(summary: pd.DataFrame, out_dir: str | Path, context: dict) -> d
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "ablation.csv", "md": out / "ablation.md", "html": out / "ablation.html"}
-    summary.to_csv(paths["csv"].with_suffix(".csv.tmp"), index=False)
-    os.replace(paths["csv"].with_suffix(".csv.tmp"), paths["csv"])
+    atomic_write_text(paths["csv"], summary.to_csv(index=False))
 
     exceeds = [bool(row[f"exceeds_noise_vs_{compared_with(row['study'], row['kind'])}"])
                for _, row in summary.iterrows()]
@@ -382,8 +382,8 @@ def write_report(summary: pd.DataFrame, out_dir: str | Path, context: dict) -> d
               "that it is within noise. The dashed and dotted lines are tf_clip's and x_tfclip's means.",
               "", "![R1](ablation_R1.png)", "", "![mAP](ablation_mAP.png)", ""]
     text = "\n".join(lines)
-    paths["md"].write_text(text)
-    paths["html"].write_text(markdown_to_html(text, title))
+    atomic_write_text(paths["md"], text)
+    atomic_write_text(paths["html"], markdown_to_html(text, title))
     return paths
 
 
