@@ -16,6 +16,8 @@ from pathlib import Path
 
 from tqdm.std import tqdm as _console_tqdm
 
+from .files import atomic_write_text
+
 __all__ = ["enabled", "bars_enabled", "in_notebook_kernel", "tqdm", "StepCounter", "counter_path",
            "read_counter"]
 
@@ -57,22 +59,16 @@ class StepCounter:
 
     def __init__(self, path: str | os.PathLike, total: int, every: int = 10):
         self.path, self.total, self.every = Path(path), int(total), max(1, int(every))
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            pass
-        self.update(0)
+        self.update(0)                       # (atomic_write_text makes the folder)
 
     def update(self, done: int) -> None:
         """Record `done` steps (written when it is a multiple of `every`, or the total)."""
         if done % self.every and done != self.total:
             return
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         try:
-            tmp.write_text(f"{int(done)} {self.total}\n")
-            os.replace(tmp, self.path)
+            atomic_write_text(self.path, f"{int(done)} {self.total}\n")
         except OSError:          # a read-only or vanished folder costs the display, nothing else
-            tmp.unlink(missing_ok=True)
+            pass
 
     def close(self) -> None:
         self.path.unlink(missing_ok=True)

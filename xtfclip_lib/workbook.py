@@ -35,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import SWITCHES, TEST_TIME_SWITCHES
+from .files import atomic_write_text
 from .progress import counter_path, read_counter
 from .report import setting_name
 
@@ -206,7 +207,7 @@ def run_study(preset: str, variant: str, run_name: str, seed: int, run_dir: str 
         torch.set_num_threads(threads)
     table.to_csv(run_dir / "study_metrics.csv", index=False)
     platform_table(run_dir).to_csv(run_dir / "platform_metrics.csv", index=False)
-    (run_dir / "done.json").write_text(json.dumps(
+    atomic_write_text(run_dir / "done.json", json.dumps(
         {"run_name": run_name, "variant": variant, "seed": seed, "preset": preset,
          "overrides": list(overrides), "train_overrides": list(train_overrides), "key": key}, indent=2))
     return table
@@ -686,11 +687,12 @@ def run_workbook(preset: str = "tiny", seeds: int = 1, out: str | Path = "result
     studies = plan_studies() if studies is None else studies
     runs = plan_training_runs(studies)
     nb_out = out / "notebooks"
+    full_model = load_config(preset, "x_tfclip", overrides)
     common = {"preset": preset, "overrides": list(overrides), "out_dir": str(out)}
     before = [NotebookJob("01_data_exploration", nb_out / "01_data_exploration.ipynb", dict(common)),
               NotebookJob("02_backbone_pretraining", nb_out / "02_backbone_pretraining.ipynb", dict(common),
-                          **_pretraining_counter(load_config(preset, "x_tfclip", overrides)))]
-    preset_threads = load_config(preset, "x_tfclip", overrides).train.num_threads
+                          **_pretraining_counter(full_model))]
+    preset_threads = full_model.train.num_threads
     threads = ([f"train.num_threads={max(1, (os.cpu_count() or 1) // jobs)}"]
                if jobs > 1 and preset_threads == 0 else [])
     ablations, configs = [], {}
