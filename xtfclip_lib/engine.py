@@ -31,7 +31,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint as ckpt
-from .config import Config, config_digest, save_config, to_dict
+from .config import Config, config_digest, from_dict, save_config, to_dict
 from .data.dataset import load_agvpreid, relabel, split_validation
 from .data.loader import build_train_loader, set_loader_epoch
 from .distributed import (DistEnv, all_reduce_sum, barrier, broadcast_object, cleanup_distributed,
@@ -40,7 +40,7 @@ from .inference import (FEATURES_DIR, UNTRAINED, autocast, autocast_dtype, build
                         data_manifest_digest, encode_lists, features_key, save_features, score_cases,
                         test_protocol, untrained_key, validation_protocol)
 from .losses import Criterion
-from .model import build_model
+from .model import build_model, check_camera_ids
 from .optim import EpochSchedule, build_optimizer, centralize_gradients
 from .progress import tqdm  # console bars; none in a notebook kernel
 
@@ -50,7 +50,7 @@ RUN_FILES = ("config.yaml", "train.log", "metrics.jsonl", "metrics.csv", "last.p
              "test_metrics.csv", "test_metrics_before.csv", "summary.json", FEATURES_DIR)
 # Config keys that may change when a run is resumed (they do not change what is trained).
 RESUMABLE_CHANGES = ("train.epochs", "train.device", "train.num_threads", "train.log_every_steps",
-                     "data.num_workers")
+                     "train.grad_checkpointing", "data.num_workers")
 
 
 def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False) -> dict:
@@ -144,6 +144,8 @@ def _train(cfg: Config, out: Path, env: DistEnv, resume: bool) -> dict:
     train_model = model
     if env.is_distributed:
         train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    if cfg.train.compile:        # the training forward only; evaluation runs the eager `model`
+        train_model = torch.compile(train_model)
     for epoch in range(start_epoch, cfg.train.epochs):
         lr = schedule.set_epoch(epoch)
         set_loader_epoch(loader, epoch)
@@ -200,6 +202,7 @@ def train_one_epoch(model, criterion, loader, optimizer, scaler, cfg: Config, en
     model.train()
     criterion.train()
     device = env.device
+    num_cameras = unwrap_model(model).num_cameras
     num_steps = min(len(loader), cfg.train.steps_per_epoch or len(loader))
     sums: dict[str, float] = defaultdict(float)
     steps = skipped = in_a_row = num_tracklets = 0
@@ -209,6 +212,7 @@ def train_one_epoch(model, criterion, loader, optimizer, scaler, cfg: Config, en
     for step, batch in enumerate(bar):
         if step >= num_steps:
             break
+        check_camera_ids(batch["camids"], num_cameras)                 # on the CPU: no device sync
         clips = batch["clips"].to(device, non_blocking=True)         # (B, T, 3, H, W)
         labels = batch["pids"].to(device, non_blocking=True)         # (B,)
         with autocast(device, amp_dtype):
@@ -250,6 +254,13 @@ def train_one_epoch(model, criterion, loader, optimizer, scaler, cfg: Config, en
 
 # --------------------------------------------------------------------------------------------
 # Helpers
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The network inside DistributedDataParallel (``.module``) and torch.compile (``._orig_mod``)."""
+    while isinstance(model, DistributedDataParallel) or hasattr(model, "_orig_mod"):
+        model = model.module if isinstance(model, DistributedDataParallel) else model._orig_mod
+    return model
+
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA)."""
@@ -314,7 +325,8 @@ def _check_resumable(state: dict, cfg: Config, path: Path, num_classes: int) -> 
     """Refuse to resume with another input size, arch, class count or config (except
     `RESUMABLE_CHANGES`), naming what differs."""
     ckpt.check_compatible(state["meta"], cfg, path, num_classes)
-    changed = [d for d in ckpt.config_differences(state["config"], to_dict(cfg))
+    saved = to_dict(from_dict(state["config"], str(path)))   # keys added since: their defaults
+    changed = [d for d in ckpt.config_differences(saved, to_dict(cfg))
                if d.split(":")[0] not in RESUMABLE_CHANGES]
     if changed:
         raise ValueError(f"cannot resume {path} with another config: {'; '.join(changed)}; only "

@@ -52,10 +52,20 @@ def param_groups(model: nn.Module, train: TrainConfig) -> list[dict]:
             for factor, params in sorted(by_factor.items())]
 
 
+# ``train.optimizer_impl`` -> Adam's keyword arguments. "auto" leaves the choice to torch (a loop
+# over tensors on CPU, foreach on CUDA); "foreach" gives the same numbers as the loop; "fused" runs
+# one kernel per group, faster on CPU and GPU, but rounds differently (~1e-9 after a step).
+OPTIMIZER_IMPLS: dict[str, dict[str, bool]] = {"auto": {}, "foreach": {"foreach": True},
+                                               "fused": {"fused": True}}
+
+
 def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Adam:
     """Adam with coupled (L2) weight decay, as in the published TF-CLIP/X-TFCLIP solvers."""
+    if train.optimizer_impl not in OPTIMIZER_IMPLS:
+        raise ValueError(f"train.optimizer_impl={train.optimizer_impl!r}; expected one of "
+                         f"{list(OPTIMIZER_IMPLS)}")
     return torch.optim.Adam(param_groups(model, train), lr=train.base_lr,
-                            weight_decay=train.weight_decay)
+                            weight_decay=train.weight_decay, **OPTIMIZER_IMPLS[train.optimizer_impl])
 
 
 def lr_at_epoch(epoch: int, train: TrainConfig) -> float:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from ..config import Config
 from .backbone import CLIPBackbone, read_visual_state_dict, resize_position_embedding
-from .xtfclip import FRAME_CLASSIFIER, XTFCLIP, check_input_size
+from .xtfclip import FRAME_CLASSIFIER, XTFCLIP, check_camera_ids, check_input_size
 
-__all__ = ["build_model", "XTFCLIP", "CLIPBackbone", "check_input_size", "read_visual_state_dict",
+__all__ = ["build_model", "XTFCLIP", "CLIPBackbone", "check_camera_ids", "check_input_size", "read_visual_state_dict",
            "resize_position_embedding", "FRAME_CLASSIFIER"]
 
 
@@ -25,7 +25,8 @@ def build_model(cfg: Config, num_classes: int, num_cameras: int = 6) -> XTFCLIP:
     """
     features = cfg.features
     interpolation = "bicubic" if features.bicubic_pos_embed else "bilinear"
-    backbone = CLIPBackbone(cfg.model.arch, tuple(cfg.data.image_size_hw), interpolation)
+    backbone = CLIPBackbone(cfg.model.arch, tuple(cfg.data.image_size_hw), interpolation,
+                            grad_checkpointing=cfg.train.grad_checkpointing)
     if cfg.model.pretrained:
         backbone.load_pretrained(cfg.model.pretrained, cfg.model.pretrained_image_size)
     return XTFCLIP(backbone, num_classes, num_cameras, cfg.data.num_frames, cfg.model, features)

@@ -134,10 +134,14 @@ class CLIPBackbone(nn.Module):
     """open_clip ViT image tower at input (H, W); returns all tokens and their projection.
 
     `interpolation` ("bicubic" with switch 1, else "bilinear") is how a pretrained square
-    position grid is resized to (H/p, W/p) when weights are loaded.
+    position grid is resized to (H/p, W/p) when weights are loaded. `grad_checkpointing`
+    (``train.grad_checkpointing``) keeps only each transformer block's input for backward and
+    recomputes the rest there (open_clip's ``set_grad_checkpointing``, non-reentrant
+    ``torch.utils.checkpoint``): the same values and gradients, less memory, one more forward.
     """
 
-    def __init__(self, arch: str, image_size_hw: tuple[int, int], interpolation: str):
+    def __init__(self, arch: str, image_size_hw: tuple[int, int], interpolation: str,
+                 grad_checkpointing: bool = False):
         super().__init__()
         if arch not in open_clip.list_models():
             raise KeyError(f"model.arch={arch!r} is neither an open_clip model nor one of "
@@ -159,6 +163,7 @@ class CLIPBackbone(nn.Module):
         if height % patch_h or width % patch_w:
             raise ValueError(f"data.image_size_hw={list(image_size_hw)} must be a multiple of the "
                              f"patch size {patch_h}x{patch_w} of model.arch={arch!r}")
+        visual.set_grad_checkpointing(grad_checkpointing)
         self.visual = visual
         self.arch = arch
         self.interpolation = interpolation

@@ -78,6 +78,17 @@ def check_input_size(state_dict: dict, image_size_hw: tuple[int, int]) -> None:
                          f"set data.image_size_hw=[{saved_hw[0]}, {saved_hw[1]}] to use it")
 
 
+def check_camera_ids(camids: Tensor, num_cameras: int) -> None:
+    """Raise ValueError when a camera id lies outside [0, num_cameras).
+
+    Reading the values syncs with the device, so the training loop calls this on the CPU-side
+    batch before the transfer, and `XTFCLIP` itself only checks CPU tensors and eval batches.
+    """
+    if camids.numel() and (int(camids.min()) < 0 or int(camids.max()) >= num_cameras):
+        raise ValueError(f"camera ids must lie in [0, {num_cameras}) (num_cameras), got "
+                         f"{sorted(set(camids.tolist()))}")
+
+
 class XTFCLIP(nn.Module):
     """TF-CLIP with the X-TFCLIP extensions chosen by `features`.
 
@@ -167,9 +178,9 @@ class XTFCLIP(nn.Module):
         B, T, C, H, W = self._check_clips(clips)
         if camids.shape != (B,):
             raise ValueError(f"camids must have shape ({B},), got {tuple(camids.shape)}")
-        if camids.numel() and (int(camids.min()) < 0 or int(camids.max()) >= self.num_cameras):
-            raise ValueError(f"camera ids must lie in [0, {self.num_cameras}) (num_cameras), got "
-                             f"{sorted(set(camids.tolist()))}")
+        # no device sync inside a training step: the engine checks the CPU-side batch instead
+        if (camids.device.type == "cpu" or not self.training) and not torch.compiler.is_compiling():
+            check_camera_ids(camids, self.num_cameras)
         offset = self.camera_embed[camids].unsqueeze(1).expand(B, T, -1)   # (B, T, D)
         offset = self.frame_embed(offset)                                  # (B, T, D)
         tokens, proj = self.backbone(clips.reshape(B * T, C, H, W), offset.reshape(B * T, -1))
