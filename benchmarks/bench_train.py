@@ -2,6 +2,12 @@
 
     python benchmarks/bench_train.py                          # tiny preset, 30 steps
     python benchmarks/bench_train.py --set model.pretrained=  # random init (no tiny CLIP file)
+    python benchmarks/bench_train.py --set train.amp=bf16 --set train.grad_checkpointing=true
+
+The speed switches of issue 15 (``train.amp``, ``train.grad_checkpointing``,
+``train.optimizer_impl``, ``train.compile``) are ordinary overrides; the re-used C heap of
+``bench_model.py`` is an environment setting of the process (``GLIBC_TUNABLES=`` its
+``HEAP_TUNABLES`` before ``python``). ``bench_model.py`` compares them without data loading.
 
 Runs the real training step (identity sampler, decoding and augmentation, forward, the combined
 criterion, backward, gradient centralisation, Adam) for a fixed number of steps, twice: a cold

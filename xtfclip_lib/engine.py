@@ -145,7 +145,7 @@ def _train(cfg: Config, out: Path, env: DistEnv, resume: bool) -> dict:
     if env.is_distributed:
         train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if cfg.train.compile:        # the training forward only; evaluation runs the eager `model`
-        train_model = torch.compile(train_model)
+        train_model = compile_model(train_model)
     for epoch in range(start_epoch, cfg.train.epochs):
         lr = schedule.set_epoch(epoch)
         set_loader_epoch(loader, epoch)
@@ -254,6 +254,12 @@ def train_one_epoch(model, criterion, loader, optimizer, scaler, cfg: Config, en
 
 # --------------------------------------------------------------------------------------------
 # Helpers
+
+def compile_model(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile(model)`` (``train.compile``) drawing dropout masks from torch's own generator
+    (inductor's ``fallback_random``), so that a seed gives the masks of the eager model."""
+    return torch.compile(model, options={"fallback_random": True})
+
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     """The network inside DistributedDataParallel (``.module``) and torch.compile (``._orig_mod``)."""

@@ -146,6 +146,7 @@ class XTFCLIP(nn.Module):
         # CLIP-Memory: fixed during training, saved in checkpoints
         self.register_buffer("memory", torch.zeros(K, E))
         self.register_buffer("memory_set", torch.tensor(False))
+        self._memory_is_set = False       # mirrors the buffer: reading a GPU buffer would sync
         self.register_buffer("input_size_hw", torch.tensor(backbone.image_size_hw))
 
     # ---------------------------------------------------------------------------------------
@@ -191,7 +192,7 @@ class XTFCLIP(nn.Module):
 
         SSP's visual input is NOT detached: the I2T loss trains the backbone (METHOD §6).
         """
-        if not bool(self.memory_set):
+        if not self._memory_is_set:
             raise RuntimeError("CLIP-Memory is not set: call model.set_memory(M) with the per-identity "
                                "means of model.memory_features(...) before training (METHOD §2)")
         B = f_proj.shape[0]
@@ -229,6 +230,7 @@ class XTFCLIP(nn.Module):
                              f"(num_classes, embed_dim), got {tuple(memory.shape)}")
         self.memory.copy_(memory.detach())
         self.memory_set.fill_(True)
+        self._memory_is_set = True
 
     def param_groups_spec(self) -> dict[str, list[str]]:
         """Names of trainable parameters by LR rule (METHOD §3), each name in exactly one list.
@@ -260,4 +262,6 @@ class XTFCLIP(nn.Module):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """`nn.Module.load_state_dict` after `check_state_dict` (sizes are named, not shape errors)."""
         self.check_state_dict(state_dict)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._memory_is_set = bool(self.memory_set)
+        return result
