@@ -7,9 +7,12 @@ the `tiny` network with random weights, one thread.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from xtfclip_lib import checkpoint as ckpt
 from xtfclip_lib import engine
 from xtfclip_lib.config import LATER_KEYS, config_digest, load_config, to_dict
 from xtfclip_lib.distributed import DistEnv
@@ -120,6 +123,18 @@ def test_new_keys_at_their_defaults_leave_the_config_digest_as_before():
         assert config_digest(tiny(f"{section}.{key}={value}")) != base
     assert set(LATER_KEYS) <= {(s, k) for s, keys in to_dict(tiny()).items() if isinstance(keys, dict)
                                for k in keys}
+
+
+def test_a_run_saved_before_the_new_keys_resumes_and_checkpointing_may_change():
+    cfg = tiny()
+    saved = to_dict(cfg)
+    for _, key in LATER_KEYS:
+        del saved["train"][key]                      # a last.pt written before issue 15
+    state = {"meta": ckpt.checkpoint_meta(cfg, NUM_CLASSES), "config": saved}
+    engine._check_resumable(state, cfg, Path("last.pt"), NUM_CLASSES)
+    engine._check_resumable(state, tiny("train.grad_checkpointing=true"), Path("last.pt"), NUM_CLASSES)
+    with pytest.raises(ValueError, match="train.optimizer_impl: 'auto' -> 'fused'"):
+        engine._check_resumable(state, tiny("train.optimizer_impl=fused"), Path("last.pt"), NUM_CLASSES)
 
 
 # --------------------------------------------------------------------------------------------
