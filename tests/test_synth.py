@@ -271,3 +271,19 @@ def test_leftovers_of_a_killed_generation_are_removed_at_the_next_start(tmp_path
     generate_synthetic(tmp_path / "ag", num_ids=8, max_frames=8, workers=1, progress=False)
     assert not stale.exists() and alive.exists()
     assert (tmp_path / "ag" / "manifest.json").is_file()
+
+
+def test_ground_cast_scales_the_ground_cameras_cast_only():
+    """`ground_cast` weakens the ground cameras' colour cast and haze relative to `camera_cast`;
+    the UAV cameras keep theirs, and 0 leaves a ground view with no cast at all."""
+    def transform(cam, **kw):
+        return synth._camera_transform(cam, np.random.default_rng(3), SynthParams(**kw))
+
+    aerial_full, aerial_none = transform(4, ground_cast=1.0), transform(4, ground_cast=0.0)
+    assert all(np.array_equal(a, b) for a, b in zip(aerial_full, aerial_none))
+    ground_none, no_cast = transform(1, ground_cast=0.0), transform(1, camera_cast=0.0)
+    assert all(np.allclose(a, b) for a, b in zip(ground_none, no_cast))
+    half, full = transform(1, ground_cast=0.5), transform(1, ground_cast=1.0)
+    assert not np.allclose(half[0], full[0]) and not np.allclose(half[0], no_cast[0])
+    with pytest.raises(ValueError, match="ground_cast"):
+        SynthParams(ground_cast=-1.0).validate()
