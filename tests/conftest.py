@@ -1,9 +1,21 @@
-"""Shared fixtures: one small synthetic aerial-ground set per test session."""
+"""Shared fixtures: one small synthetic aerial-ground set per test session, one torch thread."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from xtfclip_lib.data.synth import generate_synthetic
+
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (files opt in with ``pytestmark``): the machines running
+    the suite are small and shared, and bitwise comparisons need one thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

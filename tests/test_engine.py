@@ -28,13 +28,7 @@ from xtfclip_lib.optim import EpochSchedule, build_optimizer
 TIMING_KEYS = ("epoch_s", "tracklets_per_s")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the machines running the suite are small and shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def quick_cfg(root, *overrides):
