@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import write_result  # noqa: E402
 
-from xtfclip_lib import report, workbook  # noqa: E402
+from xtfclip_lib import workbook  # noqa: E402
+from xtfclip_lib.workbook import report  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

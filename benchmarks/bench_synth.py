@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import write_result  # noqa: E402
 
-from xtfclip_lib.data.synth import DEFAULT_NUM_IDS, DEFAULT_SEED, generate_synthetic  # noqa: E402
+from xtfclip_lib.data.synth.generate import DEFAULT_NUM_IDS, DEFAULT_SEED, generate_synthetic  # noqa: E402
 
 logger = logging.getLogger("bench_synth")
 

@@ -54,7 +54,7 @@ def sample_report(folder: Path) -> Path:
     """A report of made-up studies (two baselines, one leave-one-out, one add-one-in)."""
     import numpy as np
 
-    from xtfclip_lib.report import StudyResult, summarise, write_report
+    from xtfclip_lib.workbook.report import StudyResult, summarise, write_report
 
     def study(name, kind, p_hit, seeds, seed0):
         results = {}

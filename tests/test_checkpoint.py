@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from xtfclip_lib import checkpoint as ckpt
+from xtfclip_lib.engine import checkpoint as ckpt
 from xtfclip_lib.config import load_config, to_dict
 
 
@@ -89,7 +89,7 @@ def test_config_differences_lists_dotted_keys():
 
 
 def test_a_killed_save_leaves_a_temporary_that_the_next_run_removes(tmp_path):
-    from xtfclip_lib.checkpoint import remove_stale_temporaries
+    from xtfclip_lib.engine.checkpoint import remove_stale_temporaries
 
     (tmp_path / "last.pt").write_bytes(b"previous")
     leftover = tmp_path / ".last.pt.abc123.tmp"            # what a kill during save_checkpoint leaves
@@ -101,7 +101,7 @@ def test_a_killed_save_leaves_a_temporary_that_the_next_run_removes(tmp_path):
 
 
 def test_atomic_write_publishes_whole_files_or_nothing(tmp_path):
-    from xtfclip_lib import files
+    from xtfclip_lib.utils import files
 
     target = tmp_path / "deep" / "report.md"
     files.atomic_write_text(target, "first\n")

@@ -31,14 +31,13 @@ def test_quiet_after_the_command_is_accepted(tmp_path, capsys):
 def no_long_work(monkeypatch):
     """Make training and feature extraction fail loudly if a command gets as far as starting them."""
     import xtfclip_lib.engine
-    import xtfclip_lib.inference
 
     def forbidden(*args, **kwargs):
         raise AssertionError("the long work started although --out could never be written")
 
     monkeypatch.setattr(xtfclip_lib.engine, "train", forbidden)
-    monkeypatch.setattr(xtfclip_lib.inference, "run_features", forbidden)
-    monkeypatch.setattr(xtfclip_lib.inference, "evaluate_run", forbidden)
+    monkeypatch.setattr(xtfclip_lib.engine, "run_features", forbidden)
+    monkeypatch.setattr(xtfclip_lib.engine, "evaluate_run", forbidden)
 
 
 def one_line_error(capsys) -> str:

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from xtfclip_lib import engine
+from xtfclip_lib.engine import loop as engine
 from xtfclip_lib.config import load_config
-from xtfclip_lib.distributed import (DistEnv, all_gather_rows, is_main_process, resolve_device,
+from xtfclip_lib.engine.distributed import (DistEnv, all_gather_rows, is_main_process, resolve_device,
                                      setup_distributed)
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,17 +13,18 @@ import pandas as pd
 import pytest
 import torch
 
-from xtfclip_lib import checkpoint as ckpt
-from xtfclip_lib import engine, inference
+from xtfclip_lib.engine import checkpoint as ckpt
+from xtfclip_lib.engine import loop as engine
+from xtfclip_lib.engine import inference
 from xtfclip_lib.__main__ import main as cli_main
 from xtfclip_lib.config import load_config
 from xtfclip_lib.data.attributes import ATTRIBUTES, UNKNOWN_CODE
 from xtfclip_lib.data.dataset import Tracklet, load_agvpreid, relabel, split_validation
 from xtfclip_lib.data.loader import build_train_loader, set_loader_epoch
-from xtfclip_lib.distributed import DistEnv
+from xtfclip_lib.engine.distributed import DistEnv
 from xtfclip_lib.losses import Criterion
 from xtfclip_lib.model import build_model
-from xtfclip_lib.optim import EpochSchedule, build_optimizer
+from xtfclip_lib.engine.optim import EpochSchedule, build_optimizer
 
 TIMING_KEYS = ("epoch_s", "tracklets_per_s")
 

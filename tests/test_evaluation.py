@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from xtfclip_lib import evaluation
+from xtfclip_lib.evaluation import rank as evaluation
 from xtfclip_lib.data.attributes import ATTRIBUTES, MASKED_ATTRIBUTES, UNKNOWN_CODE
-from xtfclip_lib.evaluation import (compute_distance, evaluate, evaluate_cases, flip_average,
+from xtfclip_lib.evaluation.rank import (compute_distance, evaluate, evaluate_cases, flip_average,
                                     protocol_mask, rank_gallery, ranking_from_indices,
                                     re_rank, read_submission, soft_biometric_mask,
                                     write_submission)

@@ -1,4 +1,4 @@
-"""Data summaries of `xtfclip_lib.explore` on a hand-built AG-VPReID folder with known counts."""
+"""Data summaries of `xtfclip_lib.workbook.explore` on a hand-built AG-VPReID folder with known counts."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from xtfclip_lib import explore, paths
+from xtfclip_lib.workbook import explore
+
+from xtfclip_lib.utils import paths
 from xtfclip_lib.config import load_config
 from xtfclip_lib.data.attributes import ATTRIBUTES, CSV_COLUMNS, UNKNOWN_CODE
 from xtfclip_lib.data.dataset import load_agvpreid

@@ -6,9 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xtfclip_lib import explore, plots
+from xtfclip_lib.workbook import explore
+
+from xtfclip_lib.workbook import plots
 from xtfclip_lib.data.attributes import ATTRIBUTES, UNKNOWN_CODE
-from xtfclip_lib.data.synth import ATTRIBUTE_VALUES
+from xtfclip_lib.data.synth.generate import ATTRIBUTE_VALUES
 
 
 def test_attribute_grid_labels_bars_with_value_names():

@@ -88,7 +88,7 @@ def code_after_parameters(nb) -> list[str]:
 def workbook_defaults() -> dict:
     import inspect
 
-    from xtfclip_lib.workbook import run_workbook
+    from xtfclip_lib.workbook.runner import run_workbook
 
     return {name: p.default for name, p in inspect.signature(run_workbook).parameters.items()}
 
@@ -116,7 +116,7 @@ def test_a_notebook_run_by_hand_writes_to_its_own_folder(path):
 
 
 def test_the_workbook_passes_only_declared_parameters_of_the_right_type(tmp_path, monkeypatch):
-    from xtfclip_lib import workbook
+    from xtfclip_lib.workbook import runner as workbook
 
     calls = []
 
@@ -160,7 +160,8 @@ def test_the_first_code_sets_up_the_project_root_and_the_prose_says_so(path):
 
 def test_setup_makes_the_project_root_the_working_directory(tmp_path, monkeypatch):
     """What the notebooks' first call does, from a folder that is not the project."""
-    from xtfclip_lib import explore, paths
+    from xtfclip_lib.workbook import explore
+    from xtfclip_lib.utils import paths
 
     monkeypatch.chdir(tmp_path)
     top = logging.getLogger()

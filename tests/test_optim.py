@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from xtfclip_lib.config import TrainConfig, load_config
-from xtfclip_lib.optim import (EpochSchedule, build_optimizer, centralize_gradients, lr_at_epoch,
+from xtfclip_lib.engine.optim import (EpochSchedule, build_optimizer, centralize_gradients, lr_at_epoch,
                                param_groups)
 
 

@@ -1,4 +1,4 @@
-"""`xtfclip_lib.paths`: relative paths mean the project root, whatever the working directory."""
+"""`xtfclip_lib.utils.paths`: relative paths mean the project root, whatever the working directory."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from xtfclip_lib import paths
+from xtfclip_lib.utils import paths
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Every figure of `xtfclip_lib.plots` on tiny inputs: axes and artists as documented, PNGs written."""
+"""Every figure of `xtfclip_lib.workbook.plots` on tiny inputs: axes and artists as documented, PNGs written."""
 from __future__ import annotations
 
 import types
@@ -10,7 +10,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from PIL import Image
 
-from xtfclip_lib import plots
+from xtfclip_lib.workbook import plots
 from xtfclip_lib.data.attributes import ATTRIBUTES, UNKNOWN_CODE
 from xtfclip_lib.data.dataset import Tracklet
 
@@ -311,7 +311,7 @@ def test_retrieval_results_and_cmc_from_results(tracklets):
 
 
 def test_pretraining_summary_draws_every_panel_or_says_why(tmp_path):
-    from xtfclip_lib.plots import pretraining_summary
+    from xtfclip_lib.workbook.plots import pretraining_summary
     info = {"source": "tiny", "metrics": {
         "loss_curve": [[10, 4.0], [20, 3.1], [30, 2.5]],
         "spread_before": {"mean_cosine": 0.93, "mean_cosine_proj": 0.95},
@@ -329,7 +329,7 @@ def test_pretraining_summary_draws_every_panel_or_says_why(tmp_path):
 
 
 def test_training_diagnostics_plots_accuracies_and_triplet_distances(tmp_path):
-    from xtfclip_lib.plots import training_diagnostics
+    from xtfclip_lib.workbook.plots import training_diagnostics
     metrics = pd.DataFrame({"epoch": [1, 2, 3], "acc_img": [0.1, 0.4, 0.7], "acc_i2t": [0.3, 0.5, 0.8],
                             "dist_pos_img": [2.0, 1.5, 1.2], "dist_neg_img": [1.8, 1.9, 2.1]})
     fig = training_diagnostics(metrics, path=tmp_path / "d.png")

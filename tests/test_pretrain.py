@@ -13,9 +13,9 @@ from xtfclip_lib.__main__ import main
 from xtfclip_lib.config import load_config
 from xtfclip_lib.data.attributes import ATTRIBUTES, UNKNOWN_CODE
 from xtfclip_lib.data.dataset import Tracklet
-from xtfclip_lib.data.synth import ATTRIBUTE_VALUES, generate_synthetic
+from xtfclip_lib.data.synth.generate import ATTRIBUTE_VALUES, generate_synthetic
 from xtfclip_lib.model import build_model, resize_position_embedding
-from xtfclip_lib.pretrain import (ATTRIBUTE_WORDS, _token_counter, caption_for, clothing_colours,
+from xtfclip_lib.pretrain.loop import (ATTRIBUTE_WORDS, _token_counter, caption_for, clothing_colours,
                                   feature_spread, make_captions, pretrain_tiny_clip)
 
 UNKNOWN = dict(UNKNOWN_CODE)
@@ -207,7 +207,7 @@ def test_same_seed_and_steps_give_a_byte_identical_checkpoint(tiny_set, tmp_path
 def test_time_ceiling_is_an_error_never_an_early_stop(tiny_set, tmp_path, monkeypatch):
     import time as time_module
 
-    from xtfclip_lib.pretrain import PretrainTimeout
+    from xtfclip_lib.pretrain.loop import PretrainTimeout
 
     clock = iter(range(0, 10**6, 30))
     monkeypatch.setattr(time_module, "perf_counter", lambda: float(next(clock)))
@@ -274,7 +274,7 @@ def test_feature_spread_on_hand_cases():
 
 
 def test_caption_colours_named_coarse_or_none():
-    from xtfclip_lib.pretrain import COARSE_COLOURS, COLOUR_NAMES, caption_colours
+    from xtfclip_lib.pretrain.loop import COARSE_COLOURS, COLOUR_NAMES, caption_colours
 
     colours = {1: ("red", "navy"), 2: (None, "white")}
     assert caption_colours(colours, "named") == colours
@@ -286,7 +286,8 @@ def test_caption_colours_named_coarse_or_none():
 
 
 def test_pretraining_reports_its_steps_to_the_counter(tiny_set, tmp_path, monkeypatch):
-    from xtfclip_lib import pretrain, progress
+    from xtfclip_lib.pretrain import loop as pretrain
+    from xtfclip_lib.utils import progress
 
     seen = []
     real = progress.StepCounter.update

@@ -5,7 +5,7 @@ import io
 
 import pytest
 
-from xtfclip_lib import progress
+from xtfclip_lib.utils import progress
 
 
 @pytest.fixture
@@ -47,8 +47,10 @@ def test_no_kernel_in_a_test_process():
 
 
 def test_the_library_uses_these_bars():
-    from xtfclip_lib import engine, inference, pretrain
-    from xtfclip_lib.data import synth
+    from xtfclip_lib.engine import loop as engine
+    from xtfclip_lib.engine import inference
+    from xtfclip_lib.pretrain import loop as pretrain
+    from xtfclip_lib.data.synth import generate as synth
 
     for module in (engine, inference, pretrain, synth):
         assert module.tqdm is progress.tqdm, module.__name__

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from xtfclip_lib.__main__ import main
-from xtfclip_lib.data import synth
+from xtfclip_lib.data.synth import generate as synth
 from xtfclip_lib.data.attributes import ATTRIBUTES, CSV_COLUMNS, UNKNOWN_CODE
-from xtfclip_lib.data.synth import (ATTRIBUTE_VALUES, SynthParams, generate_synthetic, render_tracklet,
+from xtfclip_lib.data.synth.generate import (ATTRIBUTE_VALUES, SynthParams, generate_synthetic, render_tracklet,
                                     sample_identity)
 
 SMALL = dict(num_ids=12, min_frames=8, max_frames=10, progress=False)

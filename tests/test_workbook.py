@@ -8,7 +8,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from xtfclip_lib.workbook import WorkbookError, execute_notebook, plan_studies, run_workbook
+from xtfclip_lib.workbook.runner import WorkbookError, execute_notebook, plan_studies, run_workbook
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from tqdm import tqdm
 
-from xtfclip_lib import workbook
+from xtfclip_lib.workbook import runner as workbook
 from xtfclip_lib.config import load_config, load_config_file, save_config
-from xtfclip_lib.workbook import (NotebookJob, StaleStudyError, WorkbookProgress, plan_studies,
+from xtfclip_lib.workbook.runner import (NotebookJob, StaleStudyError, WorkbookProgress, plan_studies,
                                   run_workbook, skip_summary, study_key, study_state)
 
 
@@ -248,8 +248,8 @@ def test_notebooks_side_by_side_never_share_kernel_sockets(tmp_path, monkeypatch
 
 
 def test_progress_advances_within_pretraining_by_its_step_counter(tmp_path):
-    from xtfclip_lib.progress import StepCounter, counter_path
-    from xtfclip_lib.workbook import _pretraining_counter
+    from xtfclip_lib.utils.progress import StepCounter, counter_path
+    from xtfclip_lib.workbook.runner import _pretraining_counter
     from xtfclip_lib.config import load_config
 
     sources = tmp_path / "notebooks"

@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import FeatureConfig, LossConfig
+from xtfclip_lib.config import FeatureConfig, LossConfig
 
 
 class OnlineLabelSmoothing(nn.Module):

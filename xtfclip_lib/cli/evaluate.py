@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..paths import check_output_file
+from xtfclip_lib.utils import check_output_file
 
 
 def add_protocol_options(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +44,7 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from ..inference import evaluate_run
+    from xtfclip_lib.engine import evaluate_run
 
     if args.csv:
         check_output_file(args.csv, "--csv")  # before any feature is computed

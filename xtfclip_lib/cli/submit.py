@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..paths import check_output_file
-from .evaluate import add_protocol_options
+from xtfclip_lib.utils import check_output_file
+from xtfclip_lib.cli.evaluate import add_protocol_options
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +28,8 @@ def register(subparsers) -> None:
 
 def _run(args) -> int:
     check_output_file(args.out)  # before any feature is computed: writing comes last
-    from ..evaluation import rank_gallery, ranking_from_indices, write_submission
-    from ..inference import case_distmats, run_features
+    from xtfclip_lib.evaluation import rank_gallery, ranking_from_indices, write_submission
+    from xtfclip_lib.engine import case_distmats, run_features
 
     run = run_features(args.run, flip_tta=args.flip_tta, checkpoint=args.checkpoint, device=args.device)
     distmats = case_distmats(run.sets, run.lists, run.cases, run.cfg, mask=args.mask, rerank=args.rerank)

@@ -15,8 +15,8 @@ import argparse
 import logging
 import os
 
-from ..config import VARIANTS, available_presets, load_config
-from ..paths import check_output_dir
+from xtfclip_lib.config import VARIANTS, available_presets, load_config
+from xtfclip_lib.utils import check_output_dir
 
 
 def register(subparsers) -> None:
@@ -52,7 +52,7 @@ def register(subparsers) -> None:
 
 def _run(args) -> int:
     check_output_dir(args.out)   # an unusable --out is refused before anything is loaded
-    from ..engine import train   # keeps `--help` fast: torch and open_clip load only to train
+    from xtfclip_lib.engine import train   # keeps `--help` fast: torch and open_clip load only to train
 
     if int(os.environ.get("RANK", "0")) > 0:   # under torchrun only rank 0 talks
         logging.getLogger().setLevel(logging.WARNING)

@@ -36,8 +36,8 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from ..config import load_config
-    from ..workbook import NOTEBOOK_DIR, run_workbook
+    from xtfclip_lib.config import load_config
+    from xtfclip_lib.workbook import NOTEBOOK_DIR, run_workbook
 
     if min(args.seeds, args.spread_seeds, args.jobs) < 1:
         raise ValueError(f"--seeds, --spread-seeds and --jobs must be >= 1, got {args.seeds}, "

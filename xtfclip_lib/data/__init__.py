@@ -1,4 +1,37 @@
 """Data: the AG-VPReID on-disk layout, the synthetic aerial-ground set, sampling and transforms.
 
-Kept import-light: the submodules are imported where they are used.
+``attributes`` (the soft-biometric columns), ``dataset`` (reading the layout into tracklets),
+``sampling`` (frame indices and P x K identity batches), ``transforms`` (whole-tracklet
+augmentation) and ``loader`` (datasets, frame cache, loaders). The synthetic set's generator is
+the subpackage ``xtfclip_lib.data.synth``.
+
+The names below are imported on first use (PEP 562), so that the command line's ``--help`` and
+the synthetic generator, which need no torch, do not load it.
 """
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "attributes": ("ATTRIBUTES", "CSV_COLUMNS", "ID_COLUMN", "MASKED_ATTRIBUTES", "UNKNOWN_CODE"),
+    "dataset": ("AERIAL_CAMERAS", "ATTRIBUTE_DIR", "CASE_DIRS", "GROUND_CAMERAS", "TRAIN_DIR", "AGVPReID",
+                "Tracklet", "attributes_for", "load_agvpreid", "platform_of", "read_attribute_csv", "relabel",
+                "scan_split", "split_validation"),
+    "loader": ("build_test_loader", "build_train_loader", "decode_frame", "set_loader_epoch"),
+    "transforms": ("as_video", "build_test_transform", "build_train_transform"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = [name for names in _EXPORTS.values() for name in names]
+
+
+def __getattr__(name: str):
+    if name in _MODULE_OF:
+        value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -7,9 +7,9 @@ and ``xtfclip`` (the assembled module).
 """
 from __future__ import annotations
 
-from ..config import Config
-from .backbone import CLIPBackbone, read_visual_state_dict, resize_position_embedding
-from .xtfclip import FRAME_CLASSIFIER, XTFCLIP, check_camera_ids, check_input_size
+from xtfclip_lib.config import Config
+from xtfclip_lib.model.backbone import CLIPBackbone, read_visual_state_dict, resize_position_embedding
+from xtfclip_lib.model.xtfclip import FRAME_CLASSIFIER, XTFCLIP, check_camera_ids, check_input_size
 
 __all__ = ["build_model", "XTFCLIP", "CLIPBackbone", "check_camera_ids", "check_input_size", "read_visual_state_dict",
            "resize_position_embedding", "FRAME_CLASSIFIER"]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .tmd import QuickGELU
+from xtfclip_lib.model.tmd import QuickGELU
 
 
 class Attention(nn.Module):

@@ -20,12 +20,12 @@ import hashlib
 import torch
 from torch import Tensor, nn
 
-from ..config import FeatureConfig, ModelConfig
-from .backbone import CLIPBackbone
-from .neck import make_neck
-from .pooling import make_pool
-from .ssp import SequenceSpecificPrompt, make_memory_update
-from .tmd import TemporalMemoryDiffusion
+from xtfclip_lib.config import FeatureConfig, ModelConfig
+from xtfclip_lib.model.backbone import CLIPBackbone
+from xtfclip_lib.model.neck import make_neck
+from xtfclip_lib.model.pooling import make_pool
+from xtfclip_lib.model.ssp import SequenceSpecificPrompt, make_memory_update
+from xtfclip_lib.model.tmd import TemporalMemoryDiffusion
 
 # Name of the classifier trained at ``train.classifier_lr_factor`` x the base LR (METHOD §3).
 FRAME_CLASSIFIER = "classifier_tmd"

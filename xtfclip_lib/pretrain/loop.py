@@ -51,12 +51,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from xtfclip_lib.config import PRETRAIN_STEPS, PRETRAIN_THREADS
-from xtfclip_lib.data.attributes import ATTRIBUTES, UNKNOWN_CODE
-from xtfclip_lib.data.dataset import AERIAL_CAMERAS, GROUND_CAMERAS, Tracklet, load_agvpreid
-from xtfclip_lib.data.loader import decode_frame
+from xtfclip_lib.data import ATTRIBUTES, UNKNOWN_CODE
+from xtfclip_lib.data import AERIAL_CAMERAS, GROUND_CAMERAS, Tracklet, load_agvpreid
+from xtfclip_lib.data import decode_frame
 from xtfclip_lib.model.backbone import register_local_configs
-from xtfclip_lib.files import atomic_write_bytes, atomic_write_text
-from xtfclip_lib.progress import StepCounter, counter_path, tqdm  # console bars; none in a notebook kernel
+from xtfclip_lib.utils import atomic_write_bytes, atomic_write_text
+from xtfclip_lib.utils import StepCounter, counter_path, tqdm  # console bars; none in a notebook kernel
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .config import TrainConfig
+from xtfclip_lib.config import TrainConfig
 
 # Module name of the temporal / frame-level classifier (``model.xtfclip.FRAME_CLASSIFIER``; kept
 # as a literal so this module does not import open_clip). METHOD §6: the frame-level and the

@@ -30,19 +30,19 @@ import pandas as pd
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from . import checkpoint as ckpt
-from .config import Config, config_digest, from_dict, save_config, to_dict
-from .data.dataset import load_agvpreid, relabel, split_validation
-from .data.loader import build_train_loader, set_loader_epoch
-from .distributed import (DistEnv, all_reduce_sum, barrier, broadcast_object, cleanup_distributed,
+from xtfclip_lib.engine import checkpoint as ckpt
+from xtfclip_lib.config import Config, config_digest, from_dict, save_config, to_dict
+from xtfclip_lib.data import load_agvpreid, relabel, split_validation
+from xtfclip_lib.data import build_train_loader, set_loader_epoch
+from xtfclip_lib.engine.distributed import (DistEnv, all_reduce_sum, barrier, broadcast_object, cleanup_distributed,
                           setup_distributed)
-from .inference import (FEATURES_DIR, UNTRAINED, autocast, autocast_dtype, build_clip_memory,
+from xtfclip_lib.engine.inference import (FEATURES_DIR, UNTRAINED, autocast, autocast_dtype, build_clip_memory,
                         data_manifest_digest, encode_lists, features_key, save_features, score_cases,
                         test_protocol, untrained_key, validation_protocol)
-from .losses import Criterion
-from .model import build_model, check_camera_ids
-from .optim import EpochSchedule, build_optimizer, centralize_gradients
-from .progress import tqdm  # console bars; none in a notebook kernel
+from xtfclip_lib.losses import Criterion
+from xtfclip_lib.model import build_model, check_camera_ids
+from xtfclip_lib.engine.optim import EpochSchedule, build_optimizer, centralize_gradients
+from xtfclip_lib.utils import tqdm  # console bars; none in a notebook kernel
 
 logger = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from xtfclip_lib.config import DataConfig
 from xtfclip_lib.data.attributes import ATTRIBUTES, CSV_COLUMNS, UNKNOWN_CODE
-from xtfclip_lib.progress import tqdm  # console bars; none in a notebook kernel
+from xtfclip_lib.utils import tqdm  # console bars; none in a notebook kernel
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .files import atomic_write_text
+from xtfclip_lib.utils import atomic_write_text
 
 CASES = ("aerial_to_ground", "ground_to_aerial")
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
@@ -76,7 +76,7 @@ def finished_seeds(run_folder: str | Path) -> list[Path]:
 def study_configs(out_dir: str | Path, run_name: str) -> dict[int, dict]:
     """The resolved config (`config.to_dict`) each finished seed of model `run_name` was trained
     with, from its own ``config.yaml``, by seed."""
-    from .config import load_config_file, to_dict
+    from xtfclip_lib.config import load_config_file, to_dict
 
     configs = {}
     for seed_dir in finished_seeds(Path(out_dir) / "studies" / run_name):
@@ -93,8 +93,8 @@ def check_same_settings(out_dir: str | Path, studies) -> None:
     training overrides; between the two baselines, any ``features`` switch). The error names the
     two studies and the differing keys.
     """
-    from .checkpoint import config_differences
-    from .config import SWITCHES
+    from xtfclip_lib.engine import config_differences
+    from xtfclip_lib.config import SWITCHES
 
     runs = list(dict.fromkeys(study.run for study in studies))
     baselines = {}
@@ -330,7 +330,7 @@ def write_report(summary: pd.DataFrame, out_dir: str | Path, context: dict) -> d
     presents the numbers as the paper's. The HTML page is rendered from the markdown, so both
     say the same; the plots draw the studies whose difference exceeds the noise filled.
     """
-    from . import plots
+    from xtfclip_lib.workbook import plots
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -394,7 +394,7 @@ CALIBRATION_VARIANTS = ("x_tfclip", "tf_clip")
 
 
 def _run_flip(run_dir: Path) -> bool:
-    from .config import load_config_file
+    from xtfclip_lib.config import load_config_file
     return load_config_file(run_dir / "config.yaml").features.flip_tta
 
 

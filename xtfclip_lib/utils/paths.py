@@ -20,7 +20,7 @@ from pathlib import Path
 __all__ = ["project_root", "resolve", "use_project_root", "existing", "check_output_dir",
            "check_output_file"]
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent   # xtfclip_lib/
 
 
 def project_root() -> Path:

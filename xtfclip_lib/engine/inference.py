@@ -28,15 +28,15 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import evaluation
-from .checkpoint import check_compatible, file_digest, load_checkpoint
-from .config import Config, EvalConfig, config_digest, load_config_file
-from .data.dataset import AGVPReID, Tracklet, attributes_for, load_agvpreid, split_validation
-from .data.loader import build_test_loader
-from .distributed import all_gather_rows, is_main_process, resolve_device
-from .files import atomic_write
-from .model import build_model
-from .progress import tqdm  # console bars; none in a notebook kernel
+from xtfclip_lib import evaluation
+from xtfclip_lib.engine.checkpoint import check_compatible, file_digest, load_checkpoint
+from xtfclip_lib.config import Config, EvalConfig, config_digest, load_config_file
+from xtfclip_lib.data import AGVPReID, Tracklet, attributes_for, load_agvpreid, split_validation
+from xtfclip_lib.data import build_test_loader
+from xtfclip_lib.engine.distributed import all_gather_rows, is_main_process, resolve_device
+from xtfclip_lib.utils import atomic_write
+from xtfclip_lib.model import build_model
+from xtfclip_lib.utils import tqdm  # console bars; none in a notebook kernel
 
 logger = logging.getLogger(__name__)
 

@@ -26,15 +26,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from xtfclip_lib.data.attributes import ATTRIBUTES, MASKED_ATTRIBUTES, UNKNOWN_CODE
-from xtfclip_lib.files import atomic_write_text
+from xtfclip_lib.data import ATTRIBUTES, MASKED_ATTRIBUTES, UNKNOWN_CODE
+from xtfclip_lib.utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 DISTANCE_METRICS = ("euclidean", "cosine")
 SUBMISSION_HEADER = ("row_id", "query_tracklet", "gallery_tracklets")
 SUBMISSION_NAMES_PER_ROW = 10
-CASE_COLUMNS = ("case", "R1", "R5", "R10", "R20", "mAP", "mINP", "num_queries")
+# The metric names, in the order every table, log and figure shows them: CMC at these ranks
+# (R1 = fraction of valid queries whose first true match is at rank 1), then mAP and mINP.
+CMC_RANKS: tuple[int, ...] = (1, 5, 10, 20)
+METRIC_NAMES: tuple[str, ...] = (*(f"R{k}" for k in CMC_RANKS), "mAP", "mINP")
+CASE_COLUMNS = ("case", *METRIC_NAMES, "num_queries")
 _CASE_KEYS = ("distmat", "q_pids", "g_pids", "q_camids", "g_camids")
 
 # Memory bounds of `evaluate`: the rows of distmat loaded at once, and the (rows, matches,
@@ -380,7 +384,7 @@ def evaluate(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: An
 
 def _summary_row(name: str, first_rank: np.ndarray, ap: np.ndarray, inp: np.ndarray) -> dict:
     row = {"case": name}
-    row.update({f"R{k}": float((first_rank <= k).mean()) for k in (1, 5, 10, 20)})
+    row.update({f"R{k}": float((first_rank <= k).mean()) for k in CMC_RANKS})
     row.update(mAP=float(ap.mean()), mINP=float(inp.mean()), num_queries=int(len(first_rank)))
     return row
 
@@ -405,7 +409,7 @@ def evaluate_cases(cases: Mapping[str, Any], max_rank: int = 50) -> pd.DataFrame
                          "q_camids, g_camids)")
     if "overall" in cases:
         raise ValueError("'overall' is reserved for the pooled row; rename that case")
-    rows, pooled = [], []
+    per_case = {}
     for name, case in cases.items():
         if isinstance(case, Mapping):
             missing = [k for k in _CASE_KEYS if k not in case]
@@ -422,11 +426,20 @@ def evaluate_cases(cases: Mapping[str, Any], max_rank: int = 50) -> pd.DataFrame
         except ValueError as err:
             raise ValueError(f"case {name!r}: {err}") from err
         v = res["valid"]
-        per = (res["first_rank"][v], res["ap"][v], res["inp"][v])
-        rows.append(_summary_row(name, *per))
-        pooled.append(per)
-    if len(cases) > 1:
-        rows.append(_summary_row("overall", *(np.concatenate(p) for p in zip(*pooled))))
+        per_case[name] = (res["first_rank"][v], res["ap"][v], res["inp"][v])
+    return summary_table(per_case)
+
+
+def summary_table(per_case: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """The per-case table of `evaluate_cases` from per-query results already computed.
+
+    `per_case` maps a case name to the ``(first_rank, ap, inp)`` arrays of its *valid* queries
+    (``evaluate(..., per_query=True)`` masked by ``valid``). One row per case and, when there is
+    more than one, an "overall" row pooling every case's queries.
+    """
+    rows = [_summary_row(name, *per) for name, per in per_case.items()]
+    if len(per_case) > 1:
+        rows.append(_summary_row("overall", *(np.concatenate(p) for p in zip(*per_case.values()))))
     return pd.DataFrame(rows, columns=list(CASE_COLUMNS))
 
 

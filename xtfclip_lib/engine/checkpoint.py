@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Config
-from .files import atomic_write
+from xtfclip_lib.config import Config
+from xtfclip_lib.utils import atomic_write
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:

@@ -34,14 +34,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .config import SWITCHES, TEST_TIME_SWITCHES
-from .files import atomic_write_text
-from .progress import counter_path, read_counter
-from .report import setting_name
+from xtfclip_lib.config import SWITCHES, TEST_TIME_SWITCHES
+from xtfclip_lib.utils import atomic_write_text
+from xtfclip_lib.utils import counter_path, read_counter
+from xtfclip_lib.workbook.report import setting_name
 
 log = logging.getLogger(__name__)
 
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 BASELINES = ("tf_clip", "x_tfclip")
 
 
@@ -127,9 +127,9 @@ def evaluate_study(run_dir: str | Path, settings: list[dict]) -> pd.DataFrame:
     kept its features. Features are extracted once per flip value (and cached in the run folder);
     the mask only changes the distance matrix.
     """
-    from . import evaluation
-    from .config import load_config_file
-    from .inference import (FEATURES_DIR, UNTRAINED, case_distmats, load_features, run_features,
+    from xtfclip_lib import evaluation
+    from xtfclip_lib.config import load_config_file
+    from xtfclip_lib.engine import (FEATURES_DIR, UNTRAINED, case_distmats, load_features, run_features,
                             score_cases, untrained_key)
 
     run_dir = Path(run_dir)
@@ -170,7 +170,7 @@ def platform_table(run_dir: str | Path) -> pd.DataFrame:
     """Aerial-to-ground against ground-to-ground retrieval of the same test identities in the
     same ground gallery (`inference.platform_cases`), without the mask: how much of the task is
     the change of platform (METHOD §8). Uses the run's cached test features."""
-    from .inference import platform_cases, run_features, score_cases
+    from xtfclip_lib.engine import platform_cases, run_features, score_cases
 
     run = run_features(run_dir)
     return score_cases(run.sets, run.lists, platform_cases(run.cases), run.cfg, mask=False, rerank=False)
@@ -186,8 +186,8 @@ def run_study(preset: str, variant: str, run_name: str, seed: int, run_dir: str 
     differs: its model must not be evaluated under this study's name (the workbook removes such
     folders before it runs this notebook).
     """
-    from .config import load_config
-    from .engine import train
+    from xtfclip_lib.config import load_config
+    from xtfclip_lib.engine import train
 
     run_dir = Path(run_dir)
     cfg = load_config(preset, variant, [*overrides, *train_overrides, f"train.seed={seed}"])
@@ -225,9 +225,9 @@ def data_digest(root: str | Path) -> str:
     every tracklet record and each frame file's size and modification time), over every split of
     the dataset at `root`, plus the attribute tables the soft-biometric mask reads. A missing
     root gives ``"missing"``, which matches nothing a finished study recorded."""
-    from .checkpoint import file_digest
-    from .data.dataset import CASE_DIRS, TRAIN_DIR, scan_split
-    from .inference import data_manifest_digest
+    from xtfclip_lib.engine import file_digest
+    from xtfclip_lib.data import CASE_DIRS, TRAIN_DIR, scan_split
+    from xtfclip_lib.engine import data_manifest_digest
 
     root = Path(root)
     if not root.is_dir():
@@ -242,7 +242,7 @@ def backbone_digest(cfg) -> str:
     """The backbone weights' identity as `inference.untrained_key` takes it: the file's digest
     when `cfg.model.pretrained` is a file, else the setting itself (``""``: random, ``openai``);
     a named file that does not exist (yet) gives ``"missing"``."""
-    from .checkpoint import file_digest
+    from xtfclip_lib.engine import file_digest
 
     weights = cfg.model.pretrained
     if weights in ("", "openai"):
@@ -254,7 +254,7 @@ def study_key(cfg, data: str | None = None) -> dict[str, str]:
     """What a study's numbers are a function of: the resolved config's digest (seed included),
     the data manifest (`data_digest`, or the precomputed `data`) and the backbone weights
     (`backbone_digest`). A finished study is re-used only under an equal key."""
-    from .config import config_digest
+    from xtfclip_lib.config import config_digest
 
     return {"config": config_digest(cfg), "data manifest": data or data_digest(cfg.data.root),
             "backbone weights": backbone_digest(cfg)}
@@ -268,8 +268,8 @@ def study_state(run_dir: str | Path, cfg, key: dict[str, str]) -> tuple[str, lis
     (finished or started with anything else). Each difference reads ``"<what>: <old> -> <new>"``,
     `what` being a dotted config key, ``data manifest``, ``backbone weights`` or ``study key``.
     """
-    from .checkpoint import config_differences
-    from .config import load_config_file, to_dict
+    from xtfclip_lib.engine import config_differences
+    from xtfclip_lib.config import load_config_file, to_dict
 
     run_dir = Path(run_dir)
     done, config = run_dir / "done.json", run_dir / "config.yaml"
@@ -336,7 +336,7 @@ def ensure_backbone(cfg, steps: int | None = None) -> dict:
     missing file is an error naming it. Returns ``source`` plus, for a tiny CLIP, the metrics of
     its pretraining (JSON sidecar).
     """
-    from .config import PRETRAIN_STEPS
+    from xtfclip_lib.config import PRETRAIN_STEPS
 
     steps = PRETRAIN_STEPS if steps is None else steps
     source = cfg.model.pretrained
@@ -350,7 +350,7 @@ def ensure_backbone(cfg, steps: int | None = None) -> dict:
         if cfg.model.arch not in TINY_ARCHS:
             raise FileNotFoundError(f"model.pretrained={source!r} not found; give a local OpenAI or "
                                     f"open_clip weights file, 'openai', or '' for random init")
-        from .pretrain import pretrain_tiny_clip
+        from xtfclip_lib.pretrain import pretrain_tiny_clip
         log.info("pretraining %s into %s (%d steps)", cfg.model.arch, path, steps)
         pretrain_tiny_clip(cfg.data.root, path, arch=cfg.model.arch,
                            image_size=cfg.model.pretrained_image_size, steps=steps,
@@ -380,9 +380,9 @@ def report_context(preset: str, overrides: list[str], out_dir: str | Path) -> di
     differences of that config from its shipped preset. `preset` and `overrides`, what the
     caller runs with, only add a warning when they resolve to other settings than the studies'.
     """
-    from .checkpoint import config_differences
-    from .config import load_config, load_config_file, to_dict
-    from .report import finished_seeds
+    from xtfclip_lib.engine import config_differences
+    from xtfclip_lib.config import load_config, load_config_file, to_dict
+    from xtfclip_lib.workbook.report import finished_seeds
 
     seeds_done = finished_seeds(Path(out_dir) / "studies" / "x_tfclip")
     if not seeds_done:
@@ -553,7 +553,7 @@ class NotebookJob:
 def _pretraining_counter(cfg, units: int = 10) -> dict:
     """NotebookJob fields for notebook 02 when it will pretrain the tiny CLIP (`ensure_backbone`):
     its step counter, shown as `units` steps of the workbook's bar; nothing when the weights exist."""
-    from .paths import resolve
+    from xtfclip_lib.utils import resolve
 
     weights = cfg.model.pretrained
     if cfg.model.arch not in TINY_ARCHS or weights in ("", "openai") or resolve(weights).is_file():
@@ -681,7 +681,7 @@ def run_workbook(preset: str = "tiny", seeds: int = 1, out: str | Path = "result
     `refuse_stale` a stale study is a StaleStudyError instead, raised before notebook 01 when
     the differences are already visible (a changed config), at the latest before any study trains.
     """
-    from .config import load_config
+    from xtfclip_lib.config import load_config
 
     out = Path(out).resolve()
     studies = plan_studies() if studies is None else studies

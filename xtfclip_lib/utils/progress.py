@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm.std import tqdm as _console_tqdm
 
-from .files import atomic_write_text
+from xtfclip_lib.utils.files import atomic_write_text
 
 __all__ = ["enabled", "bars_enabled", "in_notebook_kernel", "tqdm", "StepCounter", "counter_path",
            "read_counter"]

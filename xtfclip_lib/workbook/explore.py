@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from xtfclip_lib import paths
-from xtfclip_lib.data.attributes import ATTRIBUTES, UNKNOWN_CODE
-from xtfclip_lib.data.dataset import AERIAL_CAMERAS, GROUND_CAMERAS, AGVPReID, Tracklet
+from xtfclip_lib.utils import paths
+from xtfclip_lib.data import ATTRIBUTES, UNKNOWN_CODE
+from xtfclip_lib.data import AERIAL_CAMERAS, GROUND_CAMERAS, AGVPReID, Tracklet
 
 logger = logging.getLogger(__name__)
 
