@@ -46,7 +46,7 @@ from _common import write_result  # noqa: E402
 
 from xtfclip_lib.engine import loop as engine  # noqa: E402
 from xtfclip_lib.config import load_config  # noqa: E402
-from xtfclip_lib.engine.inference import autocast, autocast_dtype, cpu_has_native_bf16  # noqa: E402
+from xtfclip_lib.engine.amp import autocast, autocast_dtype, cpu_has_native_bf16  # noqa: E402
 from xtfclip_lib.losses import Criterion  # noqa: E402
 from xtfclip_lib.model import build_model  # noqa: E402
 from xtfclip_lib.engine.optim import build_optimizer, centralize_gradients  # noqa: E402

@@ -33,7 +33,7 @@ from xtfclip_lib.config import load_config, to_dict  # noqa: E402
 from xtfclip_lib.data.dataset import load_agvpreid, relabel, split_validation  # noqa: E402
 from xtfclip_lib.data.loader import build_train_loader, set_loader_epoch  # noqa: E402
 from xtfclip_lib.engine.distributed import DistEnv, resolve_device  # noqa: E402
-from xtfclip_lib.engine.inference import autocast_dtype  # noqa: E402
+from xtfclip_lib.engine.amp import autocast_dtype  # noqa: E402
 from xtfclip_lib.losses import Criterion  # noqa: E402
 from xtfclip_lib.model import build_model  # noqa: E402
 from xtfclip_lib.engine.optim import EpochSchedule, build_optimizer  # noqa: E402

@@ -15,7 +15,7 @@ import torch
 
 from xtfclip_lib.engine import checkpoint as ckpt
 from xtfclip_lib.engine import loop as engine
-from xtfclip_lib.engine import inference
+from xtfclip_lib.engine import cache, inference, protocol, run
 from xtfclip_lib.__main__ import main as cli_main
 from xtfclip_lib.config import load_config
 from xtfclip_lib.data.attributes import ATTRIBUTES, UNKNOWN_CODE
@@ -178,10 +178,10 @@ def test_evaluate_reuses_features_and_cli(straight_run, monkeypatch, capsys, tmp
 
     def no_encoding(*args, **kwargs):
         raise AssertionError("features were recomputed although the cache key matched")
-    monkeypatch.setattr(inference, "encode_lists", no_encoding)
-    table = inference.evaluate_run(out)
+    monkeypatch.setattr(run, "encode_lists", no_encoding)
+    table = run.evaluate_run(out)
     pd.testing.assert_frame_equal(table[saved.columns], saved, check_dtype=False)
-    unmasked = inference.evaluate_run(out, mask=False)          # a variant, same features
+    unmasked = run.evaluate_run(out, mask=False)          # a variant, same features
     assert list(unmasked["case"]) == list(saved["case"])
 
     assert cli_main(["evaluate", "--run", str(out), "--no-mask", "--rerank"]) == 0
@@ -192,41 +192,41 @@ def test_evaluate_reuses_features_and_cli(straight_run, monkeypatch, capsys, tmp
     assert cli_main(["submit", "--run", str(out), "--out", str(submission)]) == 0
     rows = pd.read_csv(submission)
     assert list(rows.columns) == ["row_id", "query_tracklet", "gallery_tracklets"]
-    sets = inference.run_features(out).sets
+    sets = run.run_features(out).sets
     assert len(rows) == len(sets["case1_query"].names) + len(sets["case2_query"].names)
     assert list(rows["query_tracklet"][: len(sets["case1_query"].names)]) == sets["case1_query"].names
 
 
 def test_feature_key_changes_with_checkpoint_config_and_data(quick_root):
     cfg = quick_cfg(quick_root)
-    key = inference.features_key("ckpt-a", cfg, "data-a")
-    assert key == inference.features_key("ckpt-a", quick_cfg(quick_root), "data-a")
-    assert key != inference.features_key("ckpt-b", cfg, "data-a")
-    assert key != inference.features_key("ckpt-a", cfg, "data-b")
-    assert key != inference.features_key("ckpt-a", quick_cfg(quick_root, "features.flip_tta=false"), "data-a")
-    assert key != inference.features_key("ckpt-a", quick_cfg(quick_root, "data.test_sampling=dense"), "data-a")
+    key = cache.features_key("ckpt-a", cfg, "data-a")
+    assert key == cache.features_key("ckpt-a", quick_cfg(quick_root), "data-a")
+    assert key != cache.features_key("ckpt-b", cfg, "data-a")
+    assert key != cache.features_key("ckpt-a", cfg, "data-b")
+    assert key != cache.features_key("ckpt-a", quick_cfg(quick_root, "features.flip_tta=false"), "data-a")
+    assert key != cache.features_key("ckpt-a", quick_cfg(quick_root, "data.test_sampling=dense"), "data-a")
     # options that act after the features share them
-    assert key == inference.features_key("ckpt-a", quick_cfg(quick_root, "features.soft_biometric_mask=false",
+    assert key == cache.features_key("ckpt-a", quick_cfg(quick_root, "features.soft_biometric_mask=false",
                                                              "eval.rerank=true"), "data-a")
     tracklets = load_agvpreid(quick_root).case1_query
-    assert inference.data_manifest_digest(tracklets) != inference.data_manifest_digest(tracklets[1:])
+    assert cache.data_manifest_digest(tracklets) != cache.data_manifest_digest(tracklets[1:])
 
 
 def test_features_round_trip_without_pickle(tmp_path):
     fs = inference.FeatureSet(np.arange(6, dtype=np.float32).reshape(3, 2), np.array([1, 2, 3]),
                               np.array([0, 4, 5]), ["a", "b", "c"])
-    inference.save_features(tmp_path, "test", "k1", {"case1_query": fs})
-    loaded = inference.load_features(tmp_path, "test", "k1")["case1_query"]
+    cache.save_features(tmp_path, "test", "k1", {"case1_query": fs})
+    loaded = cache.load_features(tmp_path, "test", "k1")["case1_query"]
     np.testing.assert_array_equal(loaded.features, fs.features)
     assert loaded.names == fs.names and list(loaded.pids) == [1, 2, 3]
-    assert inference.load_features(tmp_path, "test", "k2") is None       # another key: not reused
+    assert cache.load_features(tmp_path, "test", "k2") is None       # another key: not reused
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "object_array"])
 def test_a_damaged_feature_cache_is_a_cache_miss_naming_the_file(tmp_path, caplog, damage):
     fs = inference.FeatureSet(np.ones((3, 2), np.float32), np.array([1, 2, 3]), np.array([0, 4, 5]),
                               ["a", "b", "c"])
-    path = inference.save_features(tmp_path, "test", "k1", {"case1_query": fs})
+    path = cache.save_features(tmp_path, "test", "k1", {"case1_query": fs})
     if damage == "truncated":
         path.write_bytes(path.read_bytes()[:50])
     elif damage == "empty":
@@ -234,7 +234,7 @@ def test_a_damaged_feature_cache_is_a_cache_miss_naming_the_file(tmp_path, caplo
     else:
         np.savez(path, key=np.array("k1"), case1_query__features=np.array([{"x": 1}], dtype=object))
     with caplog.at_level("WARNING"):
-        assert inference.load_features(tmp_path, "test", "k1") is None
+        assert cache.load_features(tmp_path, "test", "k1") is None
     assert str(path) in caplog.text and "cache miss" in caplog.text
     assert not list(tmp_path.glob(".*tmp*"))        # the atomic write left no temporary behind
 
@@ -277,12 +277,12 @@ def test_mask_enters_before_metrics_with_each_cases_own_table():
             "q2": inference.FeatureSet.of(q_feat, lists["q2"]), "g2": inference.FeatureSet.of(g_feat, lists["g2"])}
     differ = _attributes({1: {"gender": 0}, 2: {"gender": 1}})       # case 1: genders known, differ
     unknown = _attributes({1: {"gender": 0}, 2: {}})                  # case 2: pid 2 unknown
-    cases = [inference.RetrievalCase("aerial_to_ground", "q1", "g1", differ),
-             inference.RetrievalCase("ground_to_aerial", "q2", "g2", unknown)]
-    masked = inference.score_cases(sets, lists, cases, cfg, mask=True, rerank=False).set_index("case")
-    plain = inference.score_cases(sets, lists, cases, cfg, mask=False, rerank=False).set_index("case")
+    cases = [protocol.RetrievalCase("aerial_to_ground", "q1", "g1", differ),
+             protocol.RetrievalCase("ground_to_aerial", "q2", "g2", unknown)]
+    masked = protocol.score_cases(sets, lists, cases, cfg, mask=True, rerank=False).set_index("case")
+    plain = protocol.score_cases(sets, lists, cases, cfg, mask=False, rerank=False).set_index("case")
     assert plain.loc["aerial_to_ground", "R1"] == 0.0 and plain.loc["ground_to_aerial", "R1"] == 0.0
     assert masked.loc["aerial_to_ground", "R1"] == 1.0      # the penalty moved the impostor down
     assert masked.loc["ground_to_aerial", "R1"] == 0.0      # unknown code: no penalty in case 2
-    distmats = inference.case_distmats(sets, lists, cases, cfg, mask=True)
+    distmats = protocol.case_distmats(sets, lists, cases, cfg, mask=True)
     assert distmats["aerial_to_ground"][0, 0] > 100 > distmats["ground_to_aerial"][0, 0]

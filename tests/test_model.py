@@ -11,7 +11,7 @@ from torch import nn
 
 from xtfclip_lib.config import SWITCHES, load_config
 from xtfclip_lib.losses import Criterion
-from xtfclip_lib.model import (XTFCLIP, CLIPBackbone, build_model, check_input_size,
+from xtfclip_lib.model import (FRAME_CLASSIFIER, XTFCLIP, CLIPBackbone, build_model, check_input_size,
                                resize_position_embedding)
 from xtfclip_lib.model.neck import BatchNormNeck, InstanceNormNeck
 from xtfclip_lib.model.pooling import AttentionPool, MeanPool
@@ -201,14 +201,13 @@ def test_tmd_sees_detached_tokens_and_ssp_does_not(batch):
     assert model.tmd.message_fc.weight.grad is not None
 
 
-def test_shared_tmd_classifier_and_lr_groups():
+def test_shared_tmd_classifier_and_frozen_bn_bias():
     model = build_model(quick("tf_clip"), NUM_CLASSES)
-    spec = model.param_groups_spec()
-    assert spec["classifier"] == ["classifier_tmd.weight"]
-    assert "neck_tmd.bn.bias" not in sum(spec.values(), [])           # frozen BN bias
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert sorted(sum(spec.values(), [])) == sorted(trainable)
-    assert all(n.endswith("bias") for n in spec["bias"])
+    assert [n for n in trainable if n.startswith(FRAME_CLASSIFIER + ".")] == ["classifier_tmd.weight"]
+    assert getattr(model, FRAME_CLASSIFIER).bias is None              # one bias-free classifier
+    assert "neck_tmd.bn.bias" not in trainable                         # frozen BN bias
+    assert "neck_tmd.bn.bias" in dict(model.named_parameters())
 
 
 def test_memory_features_ignore_camera_and_frame_embeddings(batch):

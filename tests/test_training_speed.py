@@ -18,7 +18,7 @@ from xtfclip_lib.engine import checkpoint as ckpt
 from xtfclip_lib.engine import loop as engine
 from xtfclip_lib.config import LATER_KEYS, config_digest, load_config, to_dict
 from xtfclip_lib.engine.distributed import DistEnv
-from xtfclip_lib.engine.inference import autocast, autocast_dtype, cpu_has_native_bf16
+from xtfclip_lib.engine.amp import autocast, autocast_dtype, cpu_has_native_bf16
 from xtfclip_lib.losses import Criterion
 from xtfclip_lib.model import build_model
 from xtfclip_lib.engine.optim import build_optimizer, centralize_gradients

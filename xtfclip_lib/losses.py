@@ -22,6 +22,8 @@ from torch import Tensor, nn
 
 from xtfclip_lib.config import FeatureConfig, LossConfig
 
+__all__ = ["Criterion", "CrossEntropyLabelSmooth", "OnlineLabelSmoothing", "TripletLoss", "make_id_loss"]
+
 
 class OnlineLabelSmoothing(nn.Module):
     """Online Label Smoothing (Zhang et al. 2021, "Delving Deep into Label Smoothing"), METHOD §6.

@@ -45,6 +45,7 @@ def register(subparsers) -> None:
 
 def _run(args) -> int:
     from xtfclip_lib.engine import evaluate_run
+    from xtfclip_lib.evaluation import METRIC_NAMES
 
     if args.csv:
         check_output_file(args.csv, "--csv")  # before any feature is computed
@@ -54,7 +55,7 @@ def _run(args) -> int:
     if args.csv:
         table.to_csv(args.csv, index=False)
     percent = table.copy()
-    metrics = [c for c in ("R1", "R5", "R10", "R20", "mAP", "mINP") if c in percent]
+    metrics = [c for c in METRIC_NAMES if c in percent]
     percent[metrics] = percent[metrics] * 100
     sys.stdout.write(f"{args.run} ({args.split}, %):\n"
                      f"{percent.to_string(index=False, float_format=lambda v: f'{v:.2f}')}\n")

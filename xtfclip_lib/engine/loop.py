@@ -30,15 +30,16 @@ import pandas as pd
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from xtfclip_lib.engine import checkpoint as ckpt
 from xtfclip_lib.config import Config, config_digest, from_dict, save_config, to_dict
-from xtfclip_lib.data import load_agvpreid, relabel, split_validation
-from xtfclip_lib.data import build_train_loader, set_loader_epoch
+from xtfclip_lib.data import build_train_loader, load_agvpreid, relabel, set_loader_epoch, split_validation
+from xtfclip_lib.engine import checkpoint as ckpt
 from xtfclip_lib.engine.distributed import (DistEnv, all_reduce_sum, barrier, broadcast_object, cleanup_distributed,
                           setup_distributed)
-from xtfclip_lib.engine.inference import (FEATURES_DIR, UNTRAINED, autocast, autocast_dtype, build_clip_memory,
-                        data_manifest_digest, encode_lists, features_key, save_features, score_cases,
-                        test_protocol, untrained_key, validation_protocol)
+from xtfclip_lib.engine.amp import autocast, autocast_dtype
+from xtfclip_lib.engine.cache import FEATURES_DIR, UNTRAINED, data_manifest_digest, features_key, save_features, untrained_key
+from xtfclip_lib.engine.inference import build_clip_memory, encode_lists
+from xtfclip_lib.engine.protocol import score_cases, test_protocol, validation_protocol
+from xtfclip_lib.evaluation import METRIC_NAMES
 from xtfclip_lib.losses import Criterion
 from xtfclip_lib.model import build_model, check_camera_ids
 from xtfclip_lib.engine.optim import EpochSchedule, build_optimizer, centralize_gradients
@@ -78,6 +79,12 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, overwrite: 
 
 
 def _train(cfg: Config, out: Path, env: DistEnv, resume: bool) -> dict:
+    """The body of `train`, in the order of the module docstring.
+
+    One function on purpose, as nanoGPT's loop is: its steps share the model, loader, schedule,
+    selection and best-epoch state, and read top-down in the order they happen; only the final
+    test is a function of its own.
+    """
     # -- setup ------------------------------------------------------------------------------
     started = time.perf_counter()
     device, main = env.device, env.is_main
@@ -157,7 +164,7 @@ def _train(cfg: Config, out: Path, env: DistEnv, resume: bool) -> dict:
             _, table = _evaluate(model, select_lists, select_cases, cfg, env)
             if main:
                 scores = table.iloc[-1]       # the overall row (the only row for validation)
-                row |= {f"{selection}_{k}": float(scores[k]) for k in ("R1", "R5", "mAP", "mINP")}
+                row |= {f"{selection}_{k}": float(scores[k]) for k in METRIC_NAMES}
                 if scores["R1"] + scores["mAP"] > best["metric"]:
                     best = {"metric": float(scores["R1"] + scores["mAP"]), "epoch": epoch + 1}
                     ckpt.save_checkpoint(out / "best.pt", {"model": model.state_dict(), "meta": meta,
@@ -170,6 +177,15 @@ def _train(cfg: Config, out: Path, env: DistEnv, resume: bool) -> dict:
         barrier()
 
     # -- the test set, once, on the selected checkpoint -------------------------------------
+    return _final_test(model, cfg, env, out, test_lists, test_cases, selection, best, started)
+
+
+def _final_test(model, cfg: Config, env: DistEnv, out: Path, test_lists, test_cases, selection: str,
+                best: dict, started: float) -> dict:
+    """Score the test set once on the selected checkpoint; write test_metrics.csv, the test
+    features and summary.json (last: its presence means the run finished). Returns the summary
+    ({} on ranks other than the main one)."""
+    main = env.is_main
     chosen = out / ("best.pt" if selection != "last" and (out / "best.pt").is_file() else "last.pt")
     model.load_state_dict(ckpt.load_checkpoint(chosen)["model"])
     sets, table = _evaluate(model, test_lists, test_cases, cfg, env)

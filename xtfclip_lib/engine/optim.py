@@ -14,11 +14,7 @@ import torch
 from torch import nn
 
 from xtfclip_lib.config import TrainConfig
-
-# Module name of the temporal / frame-level classifier (``model.xtfclip.FRAME_CLASSIFIER``; kept
-# as a literal so this module does not import open_clip). METHOD §6: the frame-level and the
-# video-level TMD features share ONE bias-free classifier; it trains at ``classifier_lr_factor``.
-FRAME_CLASSIFIER = "classifier_tmd"
+from xtfclip_lib.model import FRAME_CLASSIFIER   # the shared TMD classifier trains at classifier_lr_factor
 
 
 def lr_factor_of(name: str, train: TrainConfig) -> float:

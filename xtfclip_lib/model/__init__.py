@@ -3,15 +3,15 @@
 `build_model` is the one place that reads ``cfg.features`` for the network: each switch picks a
 module at construction time. Blocks live in their own files: ``backbone`` (open_clip ViT wrapper
 and pretrained-weight loading), ``pooling``, ``tmd``, ``ssp`` (SSP and memory weighing), ``neck``,
-and ``xtfclip`` (the assembled module).
+``layers`` (primitives they share) and ``xtfclip`` (the assembled module).
 """
 from __future__ import annotations
 
 from xtfclip_lib.config import Config
-from xtfclip_lib.model.backbone import CLIPBackbone, read_visual_state_dict, resize_position_embedding
+from xtfclip_lib.model.backbone import LOCAL_ARCHS, CLIPBackbone, read_visual_state_dict, resize_position_embedding
 from xtfclip_lib.model.xtfclip import FRAME_CLASSIFIER, XTFCLIP, check_camera_ids, check_input_size
 
-__all__ = ["build_model", "XTFCLIP", "CLIPBackbone", "check_camera_ids", "check_input_size", "read_visual_state_dict",
+__all__ = ["build_model", "XTFCLIP", "CLIPBackbone", "LOCAL_ARCHS", "check_camera_ids", "check_input_size", "read_visual_state_dict",
            "resize_position_embedding", "FRAME_CLASSIFIER"]
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xtfclip_lib.model.tmd import QuickGELU
+from xtfclip_lib.model.layers import QuickGELU
 
 
 class Attention(nn.Module):

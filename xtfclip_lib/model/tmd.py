@@ -15,12 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-
-class QuickGELU(nn.Module):
-    """x * sigmoid(1.702 x): the GELU approximation OpenAI CLIP was trained with (METHOD §6)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * torch.sigmoid(1.702 * x)
+from xtfclip_lib.model.layers import QuickGELU
 
 
 class TemporalMemoryDiffusion(nn.Module):

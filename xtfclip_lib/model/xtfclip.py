@@ -27,7 +27,8 @@ from xtfclip_lib.model.pooling import make_pool
 from xtfclip_lib.model.ssp import SequenceSpecificPrompt, make_memory_update
 from xtfclip_lib.model.tmd import TemporalMemoryDiffusion
 
-# Name of the classifier trained at ``train.classifier_lr_factor`` x the base LR (METHOD §3).
+# Attribute name of the ONE bias-free classifier that the frame-level and the video-level TMD
+# features share (METHOD §6); the optimiser trains it at ``train.classifier_lr_factor`` (§3).
 FRAME_CLASSIFIER = "classifier_tmd"
 
 
@@ -231,20 +232,6 @@ class XTFCLIP(nn.Module):
         self.memory.copy_(memory.detach())
         self.memory_set.fill_(True)
         self._memory_is_set = True
-
-    def param_groups_spec(self) -> dict[str, list[str]]:
-        """Names of trainable parameters by LR rule (METHOD §3), each name in exactly one list.
-
-        ``"classifier"``: the shared TMD (temporal/frame) classifier, LR x train.classifier_lr_factor;
-        ``"bias"``: names ending in "bias", LR x train.bias_lr_factor; ``"base"``: the rest.
-        """
-        spec: dict[str, list[str]] = {"classifier": [], "bias": [], "base": []}
-        for name, param in self.named_parameters():
-            if param.requires_grad:
-                group = ("classifier" if name.startswith(FRAME_CLASSIFIER + ".")
-                         else "bias" if name.endswith("bias") else "base")
-                spec[group].append(name)
-        return spec
 
     def check_state_dict(self, state_dict: dict) -> None:
         """Raise ValueError naming what differs when `state_dict` was saved by another setting."""
