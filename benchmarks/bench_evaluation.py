@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_result  # noqa: E402
 
-from xtfclip_lib.evaluation.rank import evaluate  # noqa: E402
+from xtfclip_lib.evaluation import evaluate  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -6,12 +6,14 @@ import pandas as pd
 import pytest
 import torch
 
-from xtfclip_lib.evaluation import rank as evaluation
 from xtfclip_lib.data.attributes import ATTRIBUTES, MASKED_ATTRIBUTES, UNKNOWN_CODE
-from xtfclip_lib.evaluation.rank import (compute_distance, evaluate, evaluate_cases, flip_average,
+from xtfclip_lib.evaluation import (compute_distance, evaluate, evaluate_cases, flip_average,
                                     protocol_mask, rank_gallery, ranking_from_indices,
                                     re_rank, read_submission, soft_biometric_mask,
                                     write_submission)
+from xtfclip_lib.evaluation import ranking
+from xtfclip_lib.evaluation.cases import _CASE_KEYS
+from xtfclip_lib.evaluation.rerank import _shared_mass
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,22 +181,22 @@ def test_random_matrices_match_references(seed, levels):
 def test_small_blocks_and_the_sorting_path_match_references(monkeypatch):
     # tiny memory budgets force many blocks; a low threshold sends the queries with the most
     # true matches to the sorting path, so that one call exercises both paths side by side
-    monkeypatch.setattr(evaluation, "_COMPARE_BLOCK_BYTES", 2000)
-    monkeypatch.setattr(evaluation, "_ROW_CHUNK_BYTES", 4000)
-    monkeypatch.setattr(evaluation, "_COUNTING_MAX_MATCHES", 6)
+    monkeypatch.setattr(ranking, "_COMPARE_BLOCK_BYTES", 2000)
+    monkeypatch.setattr(ranking, "_ROW_CHUNK_BYTES", 4000)
+    monkeypatch.setattr(ranking, "_COUNTING_MAX_MATCHES", 6)
     assert_matches_references(*random_case(4, 50, 200, 15, 3, levels=6))
 
 
 def test_hash_collisions_are_checked_exactly(monkeypatch):
     # a constant hash makes every item a tie candidate; the exact check must sort them out
-    monkeypatch.setattr(evaluation, "_hash", lambda bits, num_bits: np.zeros(bits.shape, np.intp))
+    monkeypatch.setattr(ranking, "_hash", lambda bits, num_bits: np.zeros(bits.shape, np.intp))
     assert_matches_references(*random_case(5, 30, 150, 10, 3, levels=8))
     assert_matches_references(*random_case(6, 30, 150, 10, 3))
 
 
 def test_many_true_matches_take_the_sorting_path():
     distmat, q_pids, g_pids, q_cams, g_cams = random_case(7, 6, 700, 2, 2, levels=50)
-    assert (g_pids == q_pids[0]).sum() > evaluation._COUNTING_MAX_MATCHES
+    assert (g_pids == q_pids[0]).sum() > ranking._COUNTING_MAX_MATCHES
     assert_matches_references(distmat, q_pids, g_pids, q_cams, g_cams)
 
 
@@ -251,7 +253,7 @@ def test_evaluate_cases_pools_queries():
     case1 = random_case(10, 30, 120, 12, 4, levels=9)
     case2 = random_case(11, 50, 100, 12, 4)
     table = evaluate_cases({"aerial_to_ground": case1,
-                            "ground_to_aerial": dict(zip(evaluation._CASE_KEYS, case2))})
+                            "ground_to_aerial": dict(zip(_CASE_KEYS, case2))})
     assert list(table.columns) == ["case", "R1", "R5", "R10", "R20", "mAP", "mINP", "num_queries"]
     assert table["case"].tolist() == ["aerial_to_ground", "ground_to_aerial", "overall"]
     r1, r2 = (evaluate(*c, per_query=True) for c in (case1, case2))
@@ -467,7 +469,7 @@ def test_re_rank_jaccard_against_dense_sums():
     rng = np.random.default_rng(13)
     V = rng.random((7, 9)) * (rng.random((7, 9)) < 0.4)
     rows, cols = np.nonzero(V)
-    shared = evaluation._shared_mass(rows, cols, V[rows, cols], 3, 4)
+    shared = _shared_mass(rows, cols, V[rows, cols], 3, 4)
     dense = np.minimum(V[:3, None, :], V[None, 3:, :]).sum(axis=2)
     np.testing.assert_allclose(shared, dense)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from xtfclip_lib.evaluation.rank import read_submission, submission_row_problem, write_submission
+from xtfclip_lib.evaluation import read_submission, submission_row_problem, write_submission
 
 HEADER = "row_id,query_tracklet,gallery_tracklets\n"
 GALLERY = [f"g{i}" for i in range(10)]
