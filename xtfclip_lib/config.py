@@ -265,11 +265,15 @@ def read_preset(name_or_path: str) -> dict:
             raise KeyError(f"unknown preset {name_or_path!r}; shipped presets: {available_presets()}")
     elif not path.is_file():
         raise FileNotFoundError(f"preset file {path} not found")
+    return _read_yaml(path)
+
+
+def _read_yaml(path: Path) -> Any:
+    """The YAML document of `path` ({} when empty); a parse error is a ValueError naming it."""
     try:
-        mapping = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: not valid YAML: {exc}") from None
-    return mapping
 
 
 def load_config(preset: str = "paper", variant: str | None = "x_tfclip",
@@ -318,11 +322,7 @@ def load_config_file(path: str | Path) -> Config:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} not found")
-    try:
-        mapping = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from None
-    return from_dict(mapping, str(path))
+    return from_dict(_read_yaml(path), str(path))
 
 
 # Keys added after results were first keyed by `config_digest`, each with the value that
