@@ -15,8 +15,10 @@ from xtfclip_lib.data.attributes import ATTRIBUTES, UNKNOWN_CODE
 from xtfclip_lib.data.dataset import Tracklet
 from xtfclip_lib.data.synth.generate import ATTRIBUTE_VALUES, generate_synthetic
 from xtfclip_lib.model import build_model, resize_position_embedding
-from xtfclip_lib.pretrain.loop import (ATTRIBUTE_WORDS, _token_counter, caption_for, clothing_colours,
-                                  feature_spread, make_captions, pretrain_tiny_clip)
+from xtfclip_lib.pretrain import PretrainConfig, caption_for, make_captions, pretrain_tiny_clip
+from xtfclip_lib.pretrain.captions import ATTRIBUTE_WORDS, _token_counter
+from xtfclip_lib.pretrain.colours import clothing_colours
+from xtfclip_lib.pretrain.evaluate import feature_spread
 
 UNKNOWN = dict(UNKNOWN_CODE)
 # A woman aged 18-24 in a jacket and jeans with a backpack; everything else unknown.
@@ -42,8 +44,8 @@ def tiny_set(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def pretrained(tiny_set, tmp_path_factory, one_thread) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("clip") / "tiny_clip.pt"
-    metrics = pretrain_tiny_clip(tiny_set, out, steps=10, batch_size=6,
-                                 lr=2e-3, seed=0, progress=False)
+    metrics = pretrain_tiny_clip(tiny_set, out, PretrainConfig(steps=10, batch_size=6, lr=2e-3, seed=0),
+                                 progress=False)
     return out, metrics
 
 
@@ -190,16 +192,16 @@ def test_same_seed_and_steps_give_a_byte_identical_checkpoint(tiny_set, tmp_path
     the last) gives the same bytes as a run on a fast one, and runs exactly `steps` steps."""
     import time as time_module
 
-    fast = pretrain_tiny_clip(tiny_set, tmp_path / "fast.pt", steps=3, batch_size=4, seed=3,
-                              num_threads=1, progress=False)
+    fast = pretrain_tiny_clip(tiny_set, tmp_path / "fast.pt",
+                              PretrainConfig(steps=3, batch_size=4, seed=3, num_threads=1), progress=False)
     clock = iter(range(0, 10**6, 30))
     monkeypatch.setattr(time_module, "perf_counter", lambda: float(next(clock)))
-    slow = pretrain_tiny_clip(tiny_set, tmp_path / "slow.pt", steps=3, batch_size=4, seed=3,
-                              num_threads=1, progress=False)
+    slow = pretrain_tiny_clip(tiny_set, tmp_path / "slow.pt",
+                              PretrainConfig(steps=3, batch_size=4, seed=3, num_threads=1), progress=False)
     assert fast["steps"] == slow["steps"] == 3
     assert (tmp_path / "fast.pt").read_bytes() == (tmp_path / "slow.pt").read_bytes()
-    other = pretrain_tiny_clip(tiny_set, tmp_path / "other.pt", steps=3, batch_size=4, seed=4,
-                               num_threads=1, progress=False)
+    other = pretrain_tiny_clip(tiny_set, tmp_path / "other.pt",
+                               PretrainConfig(steps=3, batch_size=4, seed=4, num_threads=1), progress=False)
     assert other["steps"] == 3
     assert (tmp_path / "other.pt").read_bytes() != (tmp_path / "fast.pt").read_bytes()
 
@@ -207,20 +209,20 @@ def test_same_seed_and_steps_give_a_byte_identical_checkpoint(tiny_set, tmp_path
 def test_time_ceiling_is_an_error_never_an_early_stop(tiny_set, tmp_path, monkeypatch):
     import time as time_module
 
-    from xtfclip_lib.pretrain.loop import PretrainTimeout
+    from xtfclip_lib.pretrain import PretrainTimeout
 
     clock = iter(range(0, 10**6, 30))
     monkeypatch.setattr(time_module, "perf_counter", lambda: float(next(clock)))
     with pytest.raises(PretrainTimeout, match="max_seconds=100.*nothing was written"):
-        pretrain_tiny_clip(tiny_set, tmp_path / "x.pt", steps=50, max_seconds=100, batch_size=4,
-                           num_threads=1, progress=False)
+        pretrain_tiny_clip(tiny_set, tmp_path / "x.pt", PretrainConfig(steps=50, batch_size=4, num_threads=1),
+                           max_seconds=100, progress=False)
     assert not (tmp_path / "x.pt").exists() and not (tmp_path / "x.json").exists()
 
 
 def test_pretraining_restores_the_thread_count(tiny_set, tmp_path):
     threads = torch.get_num_threads()
-    metrics = pretrain_tiny_clip(tiny_set, tmp_path / "x.pt", steps=1, batch_size=4, num_threads=1,
-                                 progress=False)
+    metrics = pretrain_tiny_clip(tiny_set, tmp_path / "x.pt",
+                                 PretrainConfig(steps=1, batch_size=4, num_threads=1), progress=False)
     assert torch.get_num_threads() == threads and metrics["steps"] == 1
     sidecar = json.loads((tmp_path / "x.json").read_text())
     assert sidecar["settings"]["torch_threads"] == 1 and sidecar["settings"]["steps"] == 1
@@ -230,19 +232,19 @@ def test_refuses_to_overwrite(pretrained, tiny_set):
     out, _ = pretrained
     before = out.read_bytes()
     with pytest.raises(ValueError, match="exists; pass overwrite=True"):
-        pretrain_tiny_clip(tiny_set, out, steps=1, progress=False)
+        pretrain_tiny_clip(tiny_set, out, PretrainConfig(steps=1), progress=False)
     assert out.read_bytes() == before
 
 
 def test_argument_errors(tiny_set, tmp_path):
     with pytest.raises(ValueError, match="steps=0"):
-        pretrain_tiny_clip(tiny_set, tmp_path / "x.pt", steps=0)
+        pretrain_tiny_clip(tiny_set, tmp_path / "x.pt", PretrainConfig(steps=0))
     with pytest.raises(ValueError, match="steps=2.5"):
-        pretrain_tiny_clip(tiny_set, tmp_path / "x.pt", steps=2.5)
+        pretrain_tiny_clip(tiny_set, tmp_path / "x.pt", PretrainConfig(steps=2.5))
     with pytest.raises(ValueError, match="max_seconds=-1"):
-        pretrain_tiny_clip(tiny_set, tmp_path / "x.pt", steps=1, max_seconds=-1)
+        pretrain_tiny_clip(tiny_set, tmp_path / "x.pt", PretrainConfig(steps=1), max_seconds=-1)
     with pytest.raises(FileNotFoundError, match="not found"):
-        pretrain_tiny_clip(tmp_path / "missing", tmp_path / "x.pt", steps=1)
+        pretrain_tiny_clip(tmp_path / "missing", tmp_path / "x.pt", PretrainConfig(steps=1))
 
 
 def test_cli_refuses_to_overwrite_and_has_help(pretrained, tiny_set, capsys):
@@ -274,7 +276,7 @@ def test_feature_spread_on_hand_cases():
 
 
 def test_caption_colours_named_coarse_or_none():
-    from xtfclip_lib.pretrain.loop import COARSE_COLOURS, COLOUR_NAMES, caption_colours
+    from xtfclip_lib.pretrain.colours import COARSE_COLOURS, COLOUR_NAMES, caption_colours
 
     colours = {1: ("red", "navy"), 2: (None, "white")}
     assert caption_colours(colours, "named") == colours
@@ -294,6 +296,52 @@ def test_pretraining_reports_its_steps_to_the_counter(tiny_set, tmp_path, monkey
     monkeypatch.setattr(progress.StepCounter, "update",
                         lambda self, done: (real(self, done), seen.append(progress.read_counter(self.path))))
     out = tmp_path / "clip.pt"
-    pretrain.pretrain_tiny_clip(tiny_set, out, steps=3, batch_size=4, num_threads=1, progress=False)
+    pretrain.pretrain_tiny_clip(tiny_set, out, PretrainConfig(steps=3, batch_size=4, num_threads=1),
+                                progress=False)
     assert seen[0] == (0, 3) and seen[-1] == (3, 3)
     assert not progress.counter_path(out).exists() and out.is_file()
+
+
+@pytest.mark.parametrize("option, named", [("colour_word=named", "'colour_word'"),    # unknown key
+                                           ("steps=many", "'steps' expects int"),      # wrong type
+                                           ("lr=fast", "'lr' expects float"),
+                                           ("steps=0", "steps=0"),                     # out of range
+                                           ("steps", "not of the form key=value")])
+def test_cli_set_errors_name_the_key_before_any_work(option, named, tmp_path, capsys):
+    out = tmp_path / "clip.pt"
+    argv = ["pretrain-clip", "--data", str(tmp_path / "missing"), "--out", str(out), "--set", option]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and named in err and "missing" not in err
+    assert not out.exists()
+
+
+def test_cli_set_and_shortcuts_reach_the_loop(tiny_set, tmp_path):
+    out = tmp_path / "clip.pt"
+    assert main(["pretrain-clip", "--data", str(tiny_set), "--out", str(out), "--no-progress",
+                 "--set", "steps=2", "--set", "colour_words=named", "--set", "caption_dropout=0.0",
+                 "--set", "seed=5", "--seed", "7", "--batch-size", "4", "--threads", "1"]) == 0
+    settings = json.loads(out.with_suffix(".json").read_text())["settings"]
+    assert settings["steps"] == 2 and settings["colour_words"] == "named"
+    assert settings["caption_dropout"] == 0.0
+    assert settings["seed"] == 7 and settings["batch_size"] == 4 and settings["torch_threads"] == 1
+    assert list(settings) == ["arch", "image_size", "steps", "max_seconds", "batch_size",
+                              "frames_per_tracklet", "lr", "weight_decay", "caption_dropout", "seed",
+                              "num_eval_ids", "crops_per_tracklet", "colour_words", "torch_threads"]
+
+
+def test_cli_help_shows_the_real_defaults(capsys):
+    import re
+
+    with pytest.raises(SystemExit):
+        main(["pretrain-clip", "--help"])
+    text = capsys.readouterr().out
+    defaults = PretrainConfig()
+    assert "the library's" not in text and "--set KEY=VALUE" in text
+    for flag, value in (("--steps", defaults.steps), ("--threads", defaults.num_threads),
+                        ("--seed", defaults.seed), ("--arch", defaults.arch),
+                        ("--image-size", defaults.image_size), ("--batch-size", defaults.batch_size),
+                        ("--lr", defaults.lr)):
+        entry = re.search(rf"\n  {flag} [A-Z_]+.*?\(default: ([^,)]*)", text, re.S)
+        expected = value if isinstance(value, str) else f"{value:g}"
+        assert entry and entry.group(1) == expected, flag

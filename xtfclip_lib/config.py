@@ -24,7 +24,6 @@ import yaml
 
 __all__ = ["Config", "DataConfig", "EvalConfig", "FeatureConfig", "LossConfig", "ModelConfig", "TrainConfig",
            "SWITCHES", "EXTENSIONS", "TEST_TIME_SWITCHES", "VARIANTS", "PRESET_DIR", "LATER_KEYS",
-           "PRETRAIN_STEPS", "PRETRAIN_THREADS",
            "with_override", "apply_mapping", "parse_override", "available_presets", "read_preset", "load_config",
            "to_dict", "from_dict", "to_yaml", "save_config", "load_config_file", "config_digest"]
 
@@ -50,13 +49,6 @@ class FeatureConfig:
 
 
 SWITCHES: tuple[str, ...] = tuple(f.name for f in fields(FeatureConfig))
-# The tiny CLIP's pretraining budget (METHOD §8): steps, never seconds, at a fixed thread count, so
-# that the same seed gives the same backbone on an idle or a busy machine of any size. 150 steps
-# (200 before, 400 before that): the features already differ between people, re-ID training from
-# them reaches the same R1 as from 200 steps, and the untrained network scores well under half of
-# the trained one (METHOD §8); from 200 steps it scored just over half on generator 1.4.0's set.
-PRETRAIN_STEPS = 150
-PRETRAIN_THREADS = 2
 EXTENSIONS: tuple[str, ...] = SWITCHES[:7]  # the seven of the X-TFCLIP README, in its order
 TEST_TIME_SWITCHES: tuple[str, ...] = ("soft_biometric_mask", "flip_tta")
 VARIANTS: dict[str, dict[str, bool]] = {

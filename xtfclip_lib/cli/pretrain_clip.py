@@ -8,9 +8,15 @@ from __future__ import annotations
 import argparse
 import logging
 
-from xtfclip_lib.config import PRETRAIN_STEPS, PRETRAIN_THREADS
+from xtfclip_lib.config import parse_override, with_override
+from xtfclip_lib.pretrain import PretrainConfig
 
 logger = logging.getLogger(__name__)
+
+DEFAULTS = PretrainConfig()
+# flag -> PretrainConfig field: shortcuts for the options set most often (they win over --set)
+SHORTCUTS = {"steps": "steps", "threads": "num_threads", "seed": "seed", "arch": "arch",
+             "image_size": "image_size", "batch_size": "batch_size", "lr": "lr"}
 
 
 def register(subparsers) -> None:
@@ -27,41 +33,55 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default="data/tiny-clip/tiny_clip.pt",
                         help="checkpoint to write; the sidecar gets the same name with .json "
                              "(default: %(default)s)")
-    parser.add_argument("--steps", "--max-steps", dest="steps", type=int, default=PRETRAIN_STEPS,
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="set one PretrainConfig field (repeatable), e.g. --set caption_dropout=0.2 "
+                             "--set colour_words=named; fields: "
+                             + ", ".join(f"{k}={v}" for k, v in vars(DEFAULTS).items()))
+    parser.add_argument("--steps", "--max-steps", dest="steps", type=int, default=None,
                         help="pretraining steps: the whole budget; the same steps, seed and "
                              "--threads give a byte-identical checkpoint on any load (default: "
-                             "%(default)s, the embedded default's calibration)")
+                             f"{DEFAULTS.steps}, the embedded default's calibration)")
     parser.add_argument("--max-seconds", type=float, default=None,
                         help="optional safety ceiling: reaching it is an error and writes "
                              "nothing; it never shortens the run (default: none)")
-    parser.add_argument("--threads", type=int, default=PRETRAIN_THREADS,
+    parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads while pretraining; part of what makes the result "
-                             "reproducible (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, sampling and "
-                        "augmentation (default: %(default)s)")
-    parser.add_argument("--arch", default="tiny-clip",
+                             f"reproducible (default: {DEFAULTS.num_threads})")
+    parser.add_argument("--seed", type=int, default=None, help="seed of initialisation, sampling and "
+                        f"augmentation (default: {DEFAULTS.seed})")
+    parser.add_argument("--arch", default=None,
                         help="open_clip model name or one of xtfclip_lib/model/configs "
-                             "(default: %(default)s)")
-    parser.add_argument("--image-size", type=int, default=64,
-                        help="square crop size in pixels (default: %(default)s)")
+                             f"(default: {DEFAULTS.arch})")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help=f"square crop size in pixels (default: {DEFAULTS.image_size})")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="identities (captions) per step (default: the library's)")
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the library's)")
+                        help=f"identities (captions) per step (default: {DEFAULTS.batch_size})")
+    parser.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default: {DEFAULTS.lr:g})")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --out (without it, an existing file is an error)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.set_defaults(func=_run)
 
 
+def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
+    """PretrainConfig from the --set overrides, then the shortcut flags given, each checked as a
+    training override is (an unknown key or a wrong type names it), then range-checked."""
+    overrides = [parse_override(item) for item in args.overrides]
+    overrides += [(field, getattr(args, flag)) for flag, field in SHORTCUTS.items()
+                  if getattr(args, flag) is not None]
+    config = PretrainConfig()
+    for key, value in overrides:
+        config = with_override(config, key, value, f"override {key}={value}")
+    config.validate()
+    return config
+
+
 def _run(args: argparse.Namespace) -> int:
+    config = pretrain_config(args)       # a bad option fails here, before torch is loaded
     from xtfclip_lib.pretrain import pretrain_tiny_clip
 
-    optional = {name: value for name, value in (("batch_size", args.batch_size), ("lr", args.lr))
-                if value is not None}
-    metrics = pretrain_tiny_clip(
-        args.data, args.out, arch=args.arch, image_size=args.image_size,
-        steps=args.steps, max_seconds=args.max_seconds, num_threads=args.threads, seed=args.seed,
-        overwrite=args.overwrite, progress=not args.no_progress, **optional)
+    metrics = pretrain_tiny_clip(args.data, args.out, config, max_seconds=args.max_seconds,
+                                 overwrite=args.overwrite, progress=not args.no_progress)
     before, after = metrics["zero_shot_before"], metrics["zero_shot_after"]
     logger.info("%d steps, %.0f s; loss %.3f -> %.3f", metrics["steps"], metrics["seconds"],
                 metrics["loss_first"], metrics["loss_last"])

@@ -8,11 +8,12 @@ and pretrained-weight loading), ``pooling``, ``tmd``, ``ssp`` (SSP and memory we
 from __future__ import annotations
 
 from xtfclip_lib.config import Config
-from xtfclip_lib.model.backbone import LOCAL_ARCHS, CLIPBackbone, read_visual_state_dict, resize_position_embedding
+from xtfclip_lib.model.backbone import (LOCAL_ARCHS, CLIPBackbone, quiet_open_clip, read_visual_state_dict,
+                                        resize_position_embedding)
 from xtfclip_lib.model.xtfclip import FRAME_CLASSIFIER, XTFCLIP, check_camera_ids, check_input_size
 
-__all__ = ["build_model", "XTFCLIP", "CLIPBackbone", "LOCAL_ARCHS", "check_camera_ids", "check_input_size", "read_visual_state_dict",
-           "resize_position_embedding", "FRAME_CLASSIFIER"]
+__all__ = ["build_model", "XTFCLIP", "CLIPBackbone", "LOCAL_ARCHS", "check_camera_ids", "check_input_size",
+           "read_visual_state_dict", "resize_position_embedding", "FRAME_CLASSIFIER", "quiet_open_clip"]
 
 
 def build_model(cfg: Config, num_classes: int, num_cameras: int = 6) -> XTFCLIP:

@@ -18,7 +18,9 @@ import logging
 import math
 import warnings
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import open_clip
 import torch
@@ -149,12 +151,8 @@ class CLIPBackbone(nn.Module):
         if interpolation not in ("bicubic", "bilinear"):
             raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {interpolation!r}")
         height, width = image_size_hw
-        quiet = _QuietFactory()
-        logging.getLogger().addFilter(quiet)
-        try:
+        with quiet_open_clip():
             visual = open_clip.create_model(arch, pretrained=None, force_image_size=(height, width)).visual
-        finally:
-            logging.getLogger().removeFilter(quiet)
         if not isinstance(visual, VisionTransformer) or visual.attn_pool is not None \
                 or visual.pool_type != "tok" or visual.positional_embedding.shape[0] < 2:
             raise ValueError(f"model.arch={arch!r}: expected a plain CLIP ViT with a class token "
@@ -237,13 +235,25 @@ class CLIPBackbone(nn.Module):
 
 
 class _QuietFactory(logging.Filter):
-    """Drops open_clip's factory chatter while it builds a tower for us.
-
-    Its INFO lines and its "No pretrained weights loaded ... initialized randomly" warning would
-    mislead: weights are loaded afterwards by `CLIPBackbone.load_pretrained`.
-    """
+    """Drops open_clip's factory chatter while it builds a model for us: its INFO lines (on the
+    root logger) and its "No pretrained weights loaded ... initialized randomly" warning."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if "open_clip" not in Path(record.pathname).parts:
             return True
         return record.levelno >= logging.WARNING and "No pretrained weights" not in record.getMessage()
+
+
+@contextmanager
+def quiet_open_clip() -> Iterator[None]:
+    """Silence open_clip's factory (`_QuietFactory`) inside the block; other records pass.
+
+    Its chatter would mislead: a re-ID tower gets its weights afterwards from
+    `CLIPBackbone.load_pretrained`, and random initialisation is what tiny-CLIP pretraining wants.
+    """
+    quiet, root = _QuietFactory(), logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
