@@ -1,6 +1,7 @@
-"""Time the default synthetic set (300 identities, seed 0) as `make data` writes it.
+"""Time the default synthetic set (`SynthConfig()`) as `make data` writes it.
 
-Usage: ``python benchmarks/bench_synth.py [--ids 300] [--workers 2] [--repeats 1]``. Writes
+Its size and seed are the run config's ``data.synth_ids`` and ``data.synth_seed``. Usage:
+``python benchmarks/bench_synth.py [--ids N] [--workers 2] [--repeats 1]``. Writes
 results/benchmarks/synth.json with the wall and CPU seconds per run, frames per second, the
 output size and the digest (which must not change between repeats). The issue's budget is 60 s
 for the default size on 2 cores; the machine's load is recorded beside the figures because a
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import write_result  # noqa: E402
 
-from xtfclip_lib.data.synth.generate import DEFAULT_NUM_IDS, DEFAULT_SEED, generate_synthetic  # noqa: E402
+from xtfclip_lib.data.synth import SynthConfig, generate_synthetic  # noqa: E402
 
 logger = logging.getLogger("bench_synth")
 
@@ -36,8 +37,8 @@ def _cpu_seconds() -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ids", type=int, default=DEFAULT_NUM_IDS, help="identities (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="generator seed (default: %(default)s)")
+    parser.add_argument("--ids", type=int, default=SynthConfig.num_ids, help="identities (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=SynthConfig.seed, help="generator seed (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="render processes (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=1, help="timed generations (default: %(default)s)")
     args = parser.parse_args(argv)

@@ -11,11 +11,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import xtfclip_lib.data.synth
 from xtfclip_lib.__main__ import main
-from xtfclip_lib.data.synth import generate as synth
 from xtfclip_lib.data.attributes import ATTRIBUTES, CSV_COLUMNS, UNKNOWN_CODE
-from xtfclip_lib.data.synth.generate import (ATTRIBUTE_VALUES, SynthParams, generate_synthetic, render_tracklet,
-                                    sample_identity)
+from xtfclip_lib.data.layout import CASE_DIRS
+from xtfclip_lib.data.synth import (ATTRIBUTE_VALUES, GENERATOR_VERSION, SynthConfig, SynthParams, generate_synthetic,
+                                    render_tracklet, sample_identity)
+from xtfclip_lib.data.synth import write
+from xtfclip_lib.data.synth.body import _build_figure
+from xtfclip_lib.data.synth.colour import _camera_transform
+from xtfclip_lib.data.synth.geometry import _camera_matrix, _pose
+from xtfclip_lib.data.synth.identities import UPPER
+from xtfclip_lib.data.synth.params import PALETTE
+from xtfclip_lib.data.synth.raster import _figure_bbox
 
 SMALL = dict(num_ids=12, min_frames=8, max_frames=10, progress=False)
 FRAME = re.compile(r"^(train|case1_aerial_to_ground/(?:query|gallery)|case2_ground_to_aerial/(?:query|gallery))"
@@ -70,7 +78,7 @@ def test_digest_covers_every_file(small_root):
     files = _files(small_root)
     assert manifest["files"] == len(files) - 1              # all but the manifest itself
     assert manifest["bytes"] == sum(len(v) for k, v in files.items() if k != "manifest.json")
-    assert manifest["version"] == synth.GENERATOR_VERSION and manifest["args"]["seed"] == 3
+    assert manifest["version"] == GENERATOR_VERSION and manifest["args"]["seed"] == 3
 
 
 def test_layout_names_lengths_and_frame_sizes(small_root):
@@ -120,7 +128,7 @@ def test_gallery_only_distractors(tmp_path):
                                  distractors=2, workers=1, progress=False)
     tracklets = _tracklets(root)
     for case, distractors in summary["splits"]["distractors"].items():
-        folder = synth.CASE_DIRS[case]
+        folder = CASE_DIRS[case]
         assert len(distractors) == 2
         assert set(distractors) <= {t[0] for t in tracklets[f"{folder}/gallery"]}
         assert not set(distractors) & {t[0] for t in tracklets[f"{folder}/query"]}
@@ -157,8 +165,8 @@ def test_identities_are_deterministic_and_soft_biometrics_not_unique():
     masked = [tuple(p.attributes[k] for k in ("gender", "age", "ethnicity", "body_volume")) for p in people]
     assert len(set(masked)) < len(masked), "soft biometrics should be shared by some identities"
     # A skewed, limited palette: the commonest upper-garment colour is worn by many people.
-    palette = np.array([e[1] for e in synth.PALETTE[:SynthParams().palette_size]], np.float64)
-    nearest = [int(np.abs(palette - np.array(p.colours[synth.UPPER])).sum(1).argmin()) for p in people]
+    palette = np.array([e[1] for e in PALETTE[:SynthParams().palette_size]], np.float64)
+    nearest = [int(np.abs(palette - np.array(p.colours[UPPER])).sum(1).argmin()) for p in people]
     assert np.bincount(nearest).max() >= 6
 
 
@@ -167,17 +175,17 @@ def test_aerial_view_is_a_different_projection_not_a_resized_ground_view():
     ratio that resizing cannot change), shrinks by about cos(elevation)."""
     for pid in range(1, 11):
         idn = sample_identity(pid, 1)
-        joints = synth._pose(idn, 1.0, idn.attributes["accessories"])
+        joints = _pose(idn, 1.0, idn.attributes["accessories"])
         for heading in (0.3, 1.6, 3.0):
             ratios = []
             for elevation in (10, 75):
-                C = synth._camera_matrix(heading, np.radians(elevation))
+                C = _camera_matrix(heading, np.radians(elevation))
                 head, hip = joints["head"] @ C, (joints["hip1"] + joints["hip-1"]) / 2 @ C
                 ratios.append(abs(head[1] - hip[1]) / (idn.head * idn.height))
             assert ratios[0] > 2.5 * ratios[1], (pid, heading, ratios)
         # ... and the whole figure is less tall for its width (side view, where gait adds no depth).
-        ground = synth._figure_bbox(synth._build_figure(idn, 1.0, 1.6, np.radians(10), (1, 0), False)[0])
-        aerial = synth._figure_bbox(synth._build_figure(idn, 1.0, 1.6, np.radians(75), (1, 0), True)[0])
+        ground = _figure_bbox(_build_figure(idn, 1.0, 1.6, np.radians(10), (1, 0), False)[0])
+        aerial = _figure_bbox(_build_figure(idn, 1.0, 1.6, np.radians(75), (1, 0), True)[0])
         aspect_ground = (ground[3] - ground[2]) / (ground[1] - ground[0])
         aspect_aerial = (aerial[3] - aerial[2]) / (aerial[1] - aerial[0])
         assert aspect_ground > 1.8 * aspect_aerial, (pid, aspect_ground, aspect_aerial)
@@ -226,7 +234,7 @@ def test_failed_run_leaves_nothing_behind(tmp_path, monkeypatch):
     def broken(task):
         raise RuntimeError("renderer broke")
 
-    monkeypatch.setattr(synth, "_render_identity", broken)
+    monkeypatch.setattr(write, "_render_identity", broken)
     with pytest.raises(RuntimeError, match="renderer broke"):
         generate_synthetic(tmp_path / "out", num_ids=8, max_frames=8, workers=1, progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -277,7 +285,7 @@ def test_ground_cast_scales_the_ground_cameras_cast_only():
     """`ground_cast` weakens the ground cameras' colour cast and haze relative to `camera_cast`;
     the UAV cameras keep theirs, and 0 leaves a ground view with no cast at all."""
     def transform(cam, **kw):
-        return synth._camera_transform(cam, np.random.default_rng(3), SynthParams(**kw))
+        return _camera_transform(cam, np.random.default_rng(3), SynthParams(**kw))
 
     aerial_full, aerial_none = transform(4, ground_cast=1.0), transform(4, ground_cast=0.0)
     assert all(np.array_equal(a, b) for a, b in zip(aerial_full, aerial_none))
@@ -287,3 +295,70 @@ def test_ground_cast_scales_the_ground_cameras_cast_only():
     assert not np.allclose(half[0], full[0]) and not np.allclose(half[0], no_cast[0])
     with pytest.raises(ValueError, match="ground_cast"):
         SynthParams(ground_cast=-1.0).validate()
+
+
+def test_cli_set_unknown_or_dotted_keys_are_the_configs_errors(tmp_path, capsys):
+    root = tmp_path / "never"
+    args = ["synth", "--root", str(root), "--ids", "8", "--workers", "1", "--no-progress"]
+    assert main([*args, "--set", "params.colour=3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'params.colour'" in err and "noise_std" in err     # the valid names are listed
+    assert main([*args, "--set", "num_ids.x=3"]) == 2
+    assert "'num_ids' is a value, not a section" in capsys.readouterr().err
+    assert main([*args, "--set", "noise_std"]) == 2
+    assert "not of the form key=value" in capsys.readouterr().err
+    assert not root.exists() and list(tmp_path.iterdir()) == []            # nothing was written
+
+
+def test_cli_set_wrong_type_names_the_key(tmp_path, capsys):
+    root = tmp_path / "never"
+    args = ["synth", "--root", str(root), "--ids", "8", "--workers", "1", "--no-progress"]
+    assert main([*args, "--set", "noise_std=loud"]) == 2
+    assert "'params.noise_std' expects float" in capsys.readouterr().err
+    assert main([*args, "--set", "train_tracklets=[2,many]"]) == 2
+    assert "'train_tracklets' expects a list of int" in capsys.readouterr().err
+    assert main([*args, "--set", "num_ids=true"]) == 2
+    assert "'num_ids' expects int" in capsys.readouterr().err
+    assert not root.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_cli_set_values_and_flags_reach_the_generator(tmp_path, monkeypatch):
+    seen = []
+
+    def fake(root, *, config, **kw):
+        seen.append(config)
+        return {"counts": {}, "root": str(root), "digest": "sha256:0"}
+
+    monkeypatch.setattr(xtfclip_lib.data.synth, "generate_synthetic", fake)
+    assert main(["synth", "--root", str(tmp_path / "x"), "--set", "num_ids=30", "--set", "train_tracklets=[2,3]",
+                 "--set", "params.noise_std=0.5", "--set", "ground_cast=0.2", "--set", "palette_size=4",
+                 "--ids", "9", "--palette-size", "5", "--difficulty", "1.5", "--no-progress"]) == 0
+    config = seen[0]
+    assert config.num_ids == 9 and config.params.palette_size == 5        # a flag wins over --set
+    assert config.train_tracklets == (2, 3) and config.difficulty == 1.5
+    assert config.params.noise_std == 0.5 and config.params.ground_cast == 0.2
+    assert config.seed == SynthConfig().seed and config.max_frames == SynthConfig().max_frames
+
+
+def test_cli_set_reaches_the_files_and_a_config_equals_the_keywords(tmp_path):
+    root = tmp_path / "cli"
+    assert main(["synth", "--root", str(root), "--ids", "8", "--max-frames", "8", "--workers", "1", "--no-progress",
+                 "--set", "train_tracklets=[2,2]", "--set", "jpeg_quality=80"]) == 0
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["args"]["train_tracklets"] == [2, 2] and manifest["args"]["jpeg_quality"] == 80
+    assert all(n == 2 for n in (len(list(p.iterdir())) for p in (root / "train").iterdir()))
+    config = SynthConfig(num_ids=8, max_frames=8, train_tracklets=(2, 2), jpeg_quality=80)
+    summary = generate_synthetic(tmp_path / "api", config=config, workers=1, progress=False)
+    assert summary["digest"] == manifest["digest"]
+
+
+def test_synth_defaults_are_the_run_configs_and_help_lists_the_keys(capsys):
+    from xtfclip_lib.config import DataConfig
+
+    assert (SynthConfig().num_ids, SynthConfig().seed) == (DataConfig().synth_ids, DataConfig().synth_seed)
+    with pytest.raises(SystemExit):
+        main(["synth", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {DataConfig().synth_ids})" in out
+    for key in ("num_ids", "train_tracklets", "jpeg_quality", "params.KEY", "noise_std", "ground_cast"):
+        assert key in out, key

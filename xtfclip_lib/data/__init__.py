@@ -1,6 +1,7 @@
 """Data: the AG-VPReID on-disk layout, the synthetic aerial-ground set, sampling and transforms.
 
-``attributes`` (the soft-biometric columns), ``dataset`` (reading the layout into tracklets),
+``layout`` (folder, file and camera names of the AG-VPReID layout), ``attributes`` (the
+soft-biometric columns), ``dataset`` (reading the layout into tracklets),
 ``sampling`` (frame indices and P x K identity batches), ``transforms`` (whole-tracklet
 augmentation) and ``loader`` (datasets, frame cache, loaders). The synthetic set's generator is
 the subpackage ``xtfclip_lib.data.synth``.
@@ -14,9 +15,10 @@ import importlib
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "attributes": ("ATTRIBUTES", "CSV_COLUMNS", "ID_COLUMN", "MASKED_ATTRIBUTES", "UNKNOWN_CODE"),
-    "dataset": ("AERIAL_CAMERAS", "ATTRIBUTE_DIR", "CASE_DIRS", "GROUND_CAMERAS", "TRAIN_DIR", "AGVPReID",
-                "Tracklet", "attributes_for", "load_agvpreid", "platform_of", "read_attribute_csv", "relabel",
-                "scan_split", "split_validation"),
+    "layout": ("AERIAL_CAMERAS", "ATTRIBUTE_DIR", "ATTRIBUTE_FILES", "CASE_DIRS", "CASE_SIDES", "GROUND_CAMERAS",
+               "MANIFEST", "SPLIT_FOLDERS", "TRAIN_DIR"),
+    "dataset": ("AGVPReID", "Tracklet", "attributes_for", "load_agvpreid", "platform_of", "read_attribute_csv",
+                "relabel", "scan_split", "split_validation"),
     "loader": ("build_test_loader", "build_train_loader", "decode_frame", "set_loader_epoch"),
     "transforms": ("as_video", "build_test_transform", "build_train_transform"),
 }

@@ -1,13 +1,7 @@
 """The AG-VPReID on-disk layout: tracklet records, train relabelling, attribute tables, validation.
 
-METHOD §1 describes the layout, shared by the real download and the synthetic set::
-
-    ROOT/train/<pid>/<tracklet>/<frame>.jpg
-    ROOT/case1_aerial_to_ground/{query,gallery}/<pid>/<tracklet>/<frame>.jpg
-    ROOT/case2_ground_to_aerial/{query,gallery}/<pid>/<tracklet>/<frame>.jpg
-    ROOT/attributes/{train,case1_aerial_to_ground,case2_ground_to_aerial}.csv
-
-The camera id is read from each frame's file name (the integer after a 'C' not preceded by a
+METHOD §1 describes the layout, shared by the real download and the synthetic set; its names
+are defined once in `xtfclip_lib.data.layout`. The camera id is read from each frame's file name (the integer after a 'C' not preceded by a
 letter), the platform from the camera (C0-C3 ground, C4-C5 aerial). Test pids stay the dataset's
 own (METHOD §7: relabelling query and gallery separately misaligns them); only the training set is
 relabelled, by `relabel`. Each case reads its own attribute table (METHOD §7).
@@ -27,20 +21,12 @@ import numpy as np
 import pandas as pd
 
 from xtfclip_lib.data.attributes import ATTRIBUTES, CSV_COLUMNS, ID_COLUMN, UNKNOWN_CODE
+from xtfclip_lib.data.layout import (AERIAL_CAMERAS, ATTRIBUTE_DIR, ATTRIBUTE_FILES, CAMERA_PATTERN, CASE_DIRS,
+                                     CASE_SIDES, FRAME_EXTENSIONS, FRAME_NUMBER_PATTERN, GROUND_CAMERAS,
+                                     SPLIT_FOLDERS, TRAIN_DIR)
 
 logger = logging.getLogger(__name__)
 
-TRAIN_DIR = "train"
-CASE_DIRS: dict[str, str] = {"case1": "case1_aerial_to_ground", "case2": "case2_ground_to_aerial"}
-ATTRIBUTE_DIR = "attributes"
-ATTRIBUTE_FILES: dict[str, str] = {"train": "train.csv",
-                                   "case1": f"{CASE_DIRS['case1']}.csv",
-                                   "case2": f"{CASE_DIRS['case2']}.csv"}
-FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
-GROUND_CAMERAS = (0, 1, 2, 3)   # C0/C1 CCTV, C2/C3 wearable
-AERIAL_CAMERAS = (4, 5)         # C4/C5 UAV
-CAMERA_PATTERN = re.compile(r"(?<![A-Za-z])C(\d+)")
-FRAME_NUMBER_PATTERN = re.compile(r"(?<![A-Za-z])F(\d+)")
 SYNTH_HINT = "run 'python -m xtfclip_lib synth --root {root}' to generate the synthetic set"
 
 
@@ -241,7 +227,7 @@ def _read_split_attributes(attr_dir: Path, split: str) -> pd.DataFrame | None:
     if flat.is_file():
         return read_attribute_csv(flat)
     parts_dir = attr_dir / Path(ATTRIBUTE_FILES[split]).stem
-    parts = [parts_dir / f"{name}.csv" for name in ("query", "gallery")]
+    parts = [parts_dir / f"{name}.csv" for name in CASE_SIDES]
     if not any(p.is_file() for p in parts):
         return None
     tables = [read_attribute_csv(p) for p in parts if p.is_file()]
@@ -305,16 +291,16 @@ def load_agvpreid(root: str | os.PathLike, *, require_attributes: bool = True) -
             f"dataset root {root} not found; expected the AG-VPReID layout of METHOD.md §1 "
             f"(train/, case1_aerial_to_ground/, case2_ground_to_aerial/, attributes/), or "
             f"{SYNTH_HINT.format(root=root)}")
-    for needed in (TRAIN_DIR, *(f"{d}/{s}" for d in CASE_DIRS.values() for s in ("query", "gallery"))):
+    for needed in SPLIT_FOLDERS:
         if not (root_path / needed).is_dir():
             raise FileNotFoundError(
                 f"{root_path / needed} not found (dataset root {root}); expected the AG-VPReID "
                 f"layout of METHOD.md §1, or {SYNTH_HINT.format(root=root)}")
     train = scan_split(root_path / TRAIN_DIR)
     cases = {f"{case}_{side}": scan_split(root_path / folder / side)
-             for case, folder in CASE_DIRS.items() for side in ("query", "gallery")}
+             for case, folder in CASE_DIRS.items() for side in CASE_SIDES}
     pids_of = {"train": [t.pid for t in train],
-               **{case: [t.pid for side in ("query", "gallery") for t in cases[f"{case}_{side}"]]
+               **{case: [t.pid for side in CASE_SIDES for t in cases[f"{case}_{side}"]]
                   for case in CASE_DIRS}}
     attr_dir = root_path / ATTRIBUTE_DIR
     attributes: dict[str, pd.DataFrame] = {}
