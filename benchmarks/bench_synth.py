@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import write_result  # noqa: E402
 
-from xtfclip_lib.data.synth import SynthConfig, generate_synthetic  # noqa: E402
+from xtfclip_lib.data import SynthConfig, generate_synthetic  # noqa: E402
 
 logger = logging.getLogger("bench_synth")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xtfclip_lib.data.synth.generate import generate_synthetic
+from xtfclip_lib.data import generate_synthetic
 
 
 

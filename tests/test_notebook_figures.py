@@ -10,7 +10,7 @@ from xtfclip_lib.workbook import explore
 
 from xtfclip_lib.workbook import plots
 from xtfclip_lib.data.attributes import ATTRIBUTES, UNKNOWN_CODE
-from xtfclip_lib.data.synth.generate import ATTRIBUTE_VALUES
+from xtfclip_lib.data import ATTRIBUTE_VALUES
 
 
 def test_attribute_grid_labels_bars_with_value_names():

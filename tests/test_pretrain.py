@@ -13,7 +13,7 @@ from xtfclip_lib.__main__ import main
 from xtfclip_lib.config import load_config
 from xtfclip_lib.data.attributes import ATTRIBUTES, UNKNOWN_CODE
 from xtfclip_lib.data.dataset import Tracklet
-from xtfclip_lib.data.synth.generate import ATTRIBUTE_VALUES, generate_synthetic
+from xtfclip_lib.data import ATTRIBUTE_VALUES, generate_synthetic
 from xtfclip_lib.model import build_model, resize_position_embedding
 from xtfclip_lib.pretrain import PretrainConfig, caption_for, make_captions, pretrain_tiny_clip
 from xtfclip_lib.pretrain.captions import ATTRIBUTE_WORDS, _token_counter

@@ -50,7 +50,7 @@ def test_the_library_uses_these_bars():
     from xtfclip_lib.engine import loop as engine
     from xtfclip_lib.engine import inference
     from xtfclip_lib.pretrain import loop as pretrain
-    from xtfclip_lib.data.synth import generate as synth
+    from xtfclip_lib.data.synth import write as synth
 
     for module in (engine, inference, pretrain, synth):
         assert module.tqdm is progress.tqdm, module.__name__

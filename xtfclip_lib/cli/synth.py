@@ -24,7 +24,7 @@ SHORTCUTS: dict[str, str] = {"ids": "num_ids", "seed": "seed", "difficulty": "di
 
 
 def register(subparsers) -> None:
-    from xtfclip_lib.data.synth import SynthConfig, SynthParams
+    from xtfclip_lib.data import SynthConfig, SynthParams
 
     default = SynthConfig()
     own = ", ".join(f.name for f in fields(SynthConfig) if f.name != "params")
@@ -68,7 +68,7 @@ def _config(args: argparse.Namespace):
     """SynthConfig from the --set overrides, then from the shortcut flags given, each checked by
     the config's dotted override path (`xtfclip_lib.config.with_override`)."""
     from xtfclip_lib.config import parse_override, with_override
-    from xtfclip_lib.data.synth import SynthConfig
+    from xtfclip_lib.data import SynthConfig
 
     config = SynthConfig()
     for item in args.overrides:
@@ -82,7 +82,7 @@ def _config(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from xtfclip_lib.data.synth import generate_synthetic
+    from xtfclip_lib.data import generate_synthetic
 
     config = _config(args)   # a bad option fails here, before anything is written
     summary = generate_synthetic(args.root, config=config, overwrite=args.overwrite, workers=args.workers,
