@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import write_result  # noqa: E402
 
 from xtfclip_lib import workbook  # noqa: E402
-from xtfclip_lib.workbook import report  # noqa: E402
+from xtfclip_lib.workbook import calibration, report  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_calibration: skipped, {out / 'studies'} not found (run `make workbook` first)")
         return 0
     summary = report.summarise(report.collect_studies(out, workbook.plan_studies()))
-    table = report.calibration_table(out)
-    checks = report.calibration_checks(out, summary)
+    table = calibration.calibration_table(out)
+    checks = calibration.calibration_checks(out, summary)
     stages = json.loads((out / "workbook.json").read_text()).get("stages", {}) if (out / "workbook.json").is_file() else {}
     path = write_result("calibration", {
         "workbook": str(out), "all_ok": bool(checks.ok.all()), "checks": checks.to_dict(orient="records"),

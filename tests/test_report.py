@@ -105,7 +105,7 @@ def test_write_report_states_its_context_and_writes_every_file(tmp_path):
 
 
 def test_collect_studies_reads_finished_seeds_only(tmp_path):
-    from xtfclip_lib.workbook.runner import plan_studies
+    from xtfclip_lib.workbook.plan import plan_studies
     study = plan_studies()[1]   # x_tfclip
     for seed, done in ((0, True), (1, False)):
         folder = tmp_path / "studies" / "x_tfclip" / f"seed{seed}" / "per_query"
@@ -125,7 +125,7 @@ def test_collect_studies_reads_finished_seeds_only(tmp_path):
 
 def _finished(root, run, seed, *overrides, preset="quick"):
     """A finished model folder of the workbook: its config.yaml, done.json and per-query arrays."""
-    from xtfclip_lib.workbook.runner import plan_studies
+    from xtfclip_lib.workbook.plan import plan_studies
 
     [variant] = {s.run.variant for s in plan_studies() if s.run.name == run}
     train_overrides = next(s.run.overrides for s in plan_studies() if s.run.name == run)
@@ -143,7 +143,7 @@ def _finished(root, run, seed, *overrides, preset="quick"):
 
 
 def test_the_report_context_comes_from_the_studies_configs(tmp_path, caplog):
-    from xtfclip_lib.workbook.runner import report_context
+    from xtfclip_lib.workbook.context import report_context
 
     for seed in range(2):
         _finished(tmp_path, "x_tfclip", seed, "train.epochs=4", "features.flip_tta=false")
@@ -160,7 +160,7 @@ def test_the_report_context_comes_from_the_studies_configs(tmp_path, caplog):
 
 
 def test_studies_of_other_settings_are_never_mixed(tmp_path):
-    from xtfclip_lib.workbook.runner import plan_studies
+    from xtfclip_lib.workbook.plan import plan_studies
 
     studies = [s for s in plan_studies() if s.run.name in ("tf_clip", "x_tfclip", "loo_attention_pooling",
                                                            "aoi_attention_pooling")]
@@ -188,7 +188,7 @@ def test_studies_of_other_settings_are_never_mixed(tmp_path):
 
 
 def test_seed_counts_are_grouped_in_words():
-    from xtfclip_lib.workbook.runner import seed_counts
+    from xtfclip_lib.workbook.context import seed_counts
 
     many = {f"loo_{i}": 1 for i in range(14)} | {"tf_clip": 3, "x_tfclip": 3}
     assert seed_counts(many) == "tf_clip and x_tfclip: 3 seeds each; the other 14 trained models: 1 seed each"
@@ -217,7 +217,7 @@ def _fake_study(root, variant, seed, r1, acc, platform):
 
 
 def test_calibration_table_and_checks(tmp_path):
-    from xtfclip_lib.workbook.report import calibration_checks, calibration_table
+    from xtfclip_lib.workbook.calibration import calibration_checks, calibration_table
 
     good_x = {("trained", True): 0.6, ("untrained", True): 0.25, ("trained", False): 0.3, ("untrained", False): 0.1}
     good_t = {("trained", True): 0.5, ("untrained", True): 0.2, ("trained", False): 0.2, ("untrained", False): 0.05}

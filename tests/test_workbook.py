@@ -8,7 +8,9 @@ import nbformat
 import pandas as pd
 import pytest
 
-from xtfclip_lib.workbook.runner import WorkbookError, execute_notebook, plan_studies, run_workbook
+from xtfclip_lib.workbook.notebooks import WorkbookError, execute_notebook
+from xtfclip_lib.workbook.plan import plan_studies
+from xtfclip_lib.workbook.runner import run_workbook
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from xtfclip_lib.config import SWITCHES, TEST_TIME_SWITCHES, load_config
-from xtfclip_lib.workbook.runner import execute_notebook, plan_studies, plan_training_runs, WorkbookError
+from xtfclip_lib.workbook.notebooks import WorkbookError, execute_notebook
+from xtfclip_lib.workbook.plan import plan_studies, plan_training_runs
 
 
 def test_plan_has_baselines_and_both_ablations_of_every_switch():

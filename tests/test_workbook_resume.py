@@ -15,10 +15,13 @@ import pandas as pd
 import pytest
 from tqdm import tqdm
 
-from xtfclip_lib.workbook import runner as workbook
+from xtfclip_lib import workbook
+from xtfclip_lib.workbook import notebooks, runner, study
 from xtfclip_lib.config import load_config, load_config_file, save_config
-from xtfclip_lib.workbook.runner import (NotebookJob, StaleStudyError, WorkbookProgress, plan_studies,
-                                  run_workbook, skip_summary, study_key, study_state)
+from xtfclip_lib.workbook.plan import plan_studies
+from xtfclip_lib.workbook.progress import NotebookJob, WorkbookProgress
+from xtfclip_lib.workbook.provenance import StaleStudyError, skip_summary, study_key, study_state
+from xtfclip_lib.workbook.runner import run_workbook
 
 
 def _fake_dataset(root):
@@ -59,9 +62,9 @@ def fake_notebooks(monkeypatch):
         return output
 
     monkeypatch.setattr("xtfclip_lib.engine.train", train)
-    monkeypatch.setattr(workbook, "execute_notebook", execute)
-    monkeypatch.setattr(workbook, "evaluate_study", lambda run_dir, settings: pd.DataFrame({"R1": [0.5]}))
-    monkeypatch.setattr(workbook, "platform_table", lambda run_dir: pd.DataFrame({"R1": [0.5]}))
+    monkeypatch.setattr(runner, "execute_notebook", execute)
+    monkeypatch.setattr(study, "evaluate_study", lambda run_dir, settings: pd.DataFrame({"R1": [0.5]}))
+    monkeypatch.setattr(study, "platform_table", lambda run_dir: pd.DataFrame({"R1": [0.5]}))
     return executed, trained
 
 
@@ -213,7 +216,7 @@ def test_notebooks_run_without_the_kernel_transport_warning(tmp_path, capfd):
                 nbformat.v4.new_code_cell("print('ran', x)")]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, tmp_path / "98_plain.ipynb")
-    output = workbook.execute_notebook("98_plain", tmp_path / "out" / "98_plain.ipynb", {"x": 2},
+    output = notebooks.execute_notebook("98_plain", tmp_path / "out" / "98_plain.ipynb", {"x": 2},
                                        notebooks_dir=tmp_path)
     assert "ran 2" in output.read_text()
     captured = capfd.readouterr()
@@ -236,7 +239,7 @@ def test_notebooks_side_by_side_never_share_kernel_sockets(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
 
     def run(tag: str) -> Path:
-        return workbook.execute_notebook("97_side", tmp_path / "out" / f"{tag}.ipynb",
+        return notebooks.execute_notebook("97_side", tmp_path / "out" / f"{tag}.ipynb",
                                          {"tag": tag, "out": str(tmp_path / f"{tag}.txt")},
                                          notebooks_dir=tmp_path, cwd=tmp_path)
 
@@ -249,7 +252,7 @@ def test_notebooks_side_by_side_never_share_kernel_sockets(tmp_path, monkeypatch
 
 def test_progress_advances_within_pretraining_by_its_step_counter(tmp_path):
     from xtfclip_lib.utils.progress import StepCounter, counter_path
-    from xtfclip_lib.workbook.runner import _pretraining_counter
+    from xtfclip_lib.workbook.progress import _pretraining_counter
     from xtfclip_lib.config import load_config
 
     sources = tmp_path / "notebooks"
