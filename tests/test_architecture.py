@@ -91,7 +91,7 @@ def import_violations(package_dir: Path) -> list[str]:
                     problems.append(f"{relative}:{line}: imports {module}, which belongs to no part")
                 elif other not in ALLOWED[part]:
                     problems.append(f"{relative}:{line}: {part} imports {other} ({module}): against the arrows")
-                elif module.count(".") > 1 and part != "cli":
+                elif module.count(".") > 1:
                     problems.append(f"{relative}:{line}: imports {module}: a part is used through its "
                                     f"package, {PACKAGE}.{other}, not its submodules")
     return problems

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from xtfclip_lib.data import AGVPReID, Tracklet, load_agvpreid
+from xtfclip_lib.data import MANIFEST, AGVPReID, Tracklet, load_agvpreid
 from xtfclip_lib.pretrain.captions import _Captioner
 from xtfclip_lib.pretrain.colours import caption_colours, identity_colours
 from xtfclip_lib.pretrain.config import PretrainConfig
@@ -325,7 +325,7 @@ def _save_checkpoint(out_path: Path, model: torch.nn.Module, config: PretrainCon
 def _write_sidecar(out_path: Path, data_root: Path, run: _Run, settings: dict[str, Any],
                    metrics: dict[str, Any]) -> None:
     """The JSON beside the checkpoint: settings, the data it was made from, example captions, metrics."""
-    manifest = data_root / "manifest.json"
+    manifest = data_root / MANIFEST
     sidecar = {
         "arch": settings["arch"], "image_size": settings["image_size"], "checkpoint": out_path.name,
         "settings": settings,

@@ -9,6 +9,7 @@ import json
 import logging
 from pathlib import Path
 
+from xtfclip_lib.data import MANIFEST
 from xtfclip_lib.workbook.report import finished_seeds
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def report_context(preset: str, overrides: list[str], out_dir: str | Path) -> di
         more = f" and {len(asked) - 4} more" if len(asked) > 4 else ""
         log.warning("the report describes the studies as trained, not the preset %r and overrides %s "
                     "it was asked for: %s%s", preset, list(overrides), "; ".join(asked[:4]), more)
-    manifest = Path(cfg.data.root) / "manifest.json"
+    manifest = Path(cfg.data.root) / MANIFEST
     if manifest.is_file():
         args = json.loads(manifest.read_text()).get("args", {})
         dataset = (f"the synthetic aerial-ground video set ({cfg.data.root}: {args.get('num_ids', '?')} "

@@ -20,8 +20,7 @@ import pandas as pd
 from PIL import Image
 
 from xtfclip_lib.utils import paths
-from xtfclip_lib.data import ATTRIBUTES, UNKNOWN_CODE
-from xtfclip_lib.data import AERIAL_CAMERAS, GROUND_CAMERAS, AGVPReID, Tracklet
+from xtfclip_lib.data import AERIAL_CAMERAS, ATTRIBUTES, GROUND_CAMERAS, MANIFEST, UNKNOWN_CODE, AGVPReID, Tracklet
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ def ensure_dataset(root: str | os.PathLike, num_ids: int, seed: int,
             f"dataset root {os.path.abspath(root)} not found; put the AG-VPReID download there "
             f"(METHOD.md §1 layout), or use a synthetic root {list(synthetic_roots)}, which is generated when "
             f"missing, or run 'python -m xtfclip_lib synth --root {root}'")
-    from xtfclip_lib.data.synth import generate_synthetic  # imported here: only needed to generate
+    from xtfclip_lib.data import generate_synthetic  # imported here: only needed to generate
 
     logger.info("%s not found: generating the synthetic set (%d ids, seed %d)", root, num_ids, seed)
     generate_synthetic(root, num_ids=num_ids, seed=seed)
@@ -155,14 +154,14 @@ def attribute_value_names(root: str | os.PathLike) -> dict[str, tuple[str, ...]]
     `xtfclip_lib.data.synth.ATTRIBUTE_VALUES`; the real AG-VPReID has its own meanings, which
     this package does not ship, so its plots keep the numeric codes.
     """
-    manifest = Path(root) / "manifest.json"
+    manifest = Path(root) / MANIFEST
     try:
         generator = json.loads(manifest.read_text()).get("generator", "")
     except (OSError, ValueError, AttributeError):
         return None
     if generator != "xtfclip_lib.data.synth":
         return None
-    from xtfclip_lib.data.synth import ATTRIBUTE_VALUES
+    from xtfclip_lib.data import ATTRIBUTE_VALUES
 
     return dict(ATTRIBUTE_VALUES)
 

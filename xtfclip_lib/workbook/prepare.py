@@ -16,13 +16,13 @@ log = logging.getLogger(__name__)
 def pretraining_target(cfg, locate: Callable[[str], Path] = Path) -> Path | None:
     """The file `ensure_backbone` pretrains a tiny CLIP into, or None when it pretrains nothing.
 
-    Only a shipped tiny config (`model.backbone.LOCAL_ARCHS`, pretrainable offline) whose
+    Only a shipped tiny config (`model.LOCAL_ARCHS`, pretrainable offline) whose
     `cfg.model.pretrained` names a file that does not exist yet is pretrained; ``""`` (random
     initialisation) and ``"openai"`` never are. `locate` turns the configured name into the path
     looked at: `Path` takes it in the working directory (a notebook's is the project root),
     `utils.resolve` in the project root from anywhere.
     """
-    from xtfclip_lib.model.backbone import LOCAL_ARCHS
+    from xtfclip_lib.model import LOCAL_ARCHS
 
     weights = cfg.model.pretrained
     if cfg.model.arch not in LOCAL_ARCHS or weights in ("", "openai"):
@@ -36,16 +36,17 @@ def ensure_backbone(cfg, steps: int | None = None) -> dict:
 
     A missing file for a shipped tiny config is pretrained now on the training identities of
     `cfg.data.root` (`pretrain.pretrain_tiny_clip`) for `steps` steps (None: the calibrated
-    ``config.PRETRAIN_STEPS``) with ``config.PRETRAIN_THREADS`` threads, so the same data give a
+    ``PretrainConfig().steps``) with ``PretrainConfig().num_threads`` threads, so the same data give a
     byte-identical backbone on any machine and load. An existing tiny CLIP whose sidecar records
     another step count or data set is an error naming both, never silently re-used; any other
     missing file is an error naming it. Returns ``source`` plus, for a tiny CLIP, the metrics of
     its pretraining (JSON sidecar).
     """
-    from xtfclip_lib.config import PRETRAIN_STEPS
-    from xtfclip_lib.model.backbone import LOCAL_ARCHS
+    from xtfclip_lib.data import MANIFEST
+    from xtfclip_lib.model import LOCAL_ARCHS
+    from xtfclip_lib.pretrain import PretrainConfig
 
-    steps = PRETRAIN_STEPS if steps is None else steps
+    steps = PretrainConfig().steps if steps is None else steps
     source = cfg.model.pretrained
     if source == "":
         return {"source": "random initialisation (no pretrained weights)", "arch": cfg.model.arch}
@@ -59,9 +60,9 @@ def ensure_backbone(cfg, steps: int | None = None) -> dict:
                                     f"open_clip weights file, 'openai', or '' for random init")
         from xtfclip_lib.pretrain import pretrain_tiny_clip
         log.info("pretraining %s into %s (%d steps)", cfg.model.arch, path, steps)
-        pretrain_tiny_clip(cfg.data.root, path, arch=cfg.model.arch,
-                           image_size=cfg.model.pretrained_image_size, steps=steps,
-                           seed=cfg.data.synth_seed)
+        pretrain_tiny_clip(cfg.data.root, path, PretrainConfig(
+            arch=cfg.model.arch, image_size=cfg.model.pretrained_image_size, steps=steps,
+            seed=cfg.data.synth_seed))
     info = {"source": f"tiny CLIP pretrained offline ({path})", "arch": cfg.model.arch}
     if sidecar.is_file():
         info.update(json.loads(sidecar.read_text()))
@@ -69,7 +70,7 @@ def ensure_backbone(cfg, steps: int | None = None) -> dict:
         if cfg.model.arch in LOCAL_ARCHS and recorded is not None and recorded != steps:
             raise ValueError(f"{path} was pretrained for {recorded} steps, not the {steps} asked for; "
                              f"delete it (and {sidecar.name}) to pretrain again, or ask for {recorded}")
-        manifest = Path(cfg.data.root) / "manifest.json"
+        manifest = Path(cfg.data.root) / MANIFEST
         made_on = info.get("data", {}).get("manifest_digest")
         if made_on and manifest.is_file() and json.loads(manifest.read_text()).get("digest") != made_on:
             raise ValueError(f"{path} was pretrained on another version of {cfg.data.root} "
