@@ -116,6 +116,7 @@ def test_a_notebook_run_by_hand_writes_to_its_own_folder(path):
 
 
 def test_the_workbook_passes_only_declared_parameters_of_the_right_type(tmp_path, monkeypatch):
+    from xtfclip_lib.workbook import executors
     from xtfclip_lib.workbook import runner as workbook
 
     calls = []
@@ -124,7 +125,7 @@ def test_the_workbook_passes_only_declared_parameters_of_the_right_type(tmp_path
         output.parent.mkdir(parents=True, exist_ok=True)
         calls.append((name, params))
 
-    monkeypatch.setattr(workbook, "execute_notebook", record)
+    monkeypatch.setattr(executors, "execute_notebook", record)
     workbook.run_workbook("tiny", seeds=1, out=tmp_path / "wb", spread_seeds=1,
                           studies=workbook.plan_studies()[:2])
     assert {name for name, _ in calls} == {p.stem for p in NOTEBOOKS}

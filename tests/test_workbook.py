@@ -8,6 +8,7 @@ import nbformat
 import pandas as pd
 import pytest
 
+from xtfclip_lib.workbook import ExecutorConfig
 from xtfclip_lib.workbook.notebooks import WorkbookError, execute_notebook
 from xtfclip_lib.workbook.plan import plan_studies
 from xtfclip_lib.workbook.runner import run_workbook
@@ -23,9 +24,11 @@ def quick_workbook(quick_root, tmp_path_factory):
 
 def test_every_notebook_runs_and_the_report_has_every_study(quick_workbook):
     out, summary = quick_workbook
-    names = {p.stem.split("__")[0] for p in (out / "notebooks").glob("*.ipynb")}
-    assert names == {"01_data_exploration", "02_backbone_pretraining", "03_ablations", "04_training",
+    names = {p.stem for p in (out / "notebooks").glob("*.ipynb")}
+    assert names == {"01_data_exploration", "02_backbone_pretraining", "04_training",
                      "05_retrieval_visualisation", "06_ablation_report"}
+    studies = sorted(p.parent.relative_to(out / "studies").as_posix() for p in out.glob("studies/*/*/03_ablations.ipynb"))
+    assert len(studies) == summary["training_runs"] + 2 and "x_tfclip/seed1" in studies   # each in its folder
     table = pd.read_csv(out / "report" / "ablation.csv")
     studies = [s.name for s in plan_studies()]
     assert sorted(table.study.unique()) == sorted(studies)
@@ -59,6 +62,23 @@ def test_every_notebook_runs_and_the_report_has_every_study(quick_workbook):
     assert stages["backbone pretraining (02)"] >= 0 and stages["total"] >= sum(
         v for k, v in stages.items() if k != "total") - 1.0
     assert json.loads((out / "workbook.json").read_text())["stages"] == stages
+
+
+def test_studies_as_submitit_jobs_give_the_same_report(quick_workbook, quick_root, tmp_path):
+    """The cluster path end to end: every trained model a job of submitit's local executor (what
+    `--executor slurm` does on SLURM, without the queue), the same report to the last digit."""
+    out, _ = quick_workbook
+    summary = run_workbook("quick", seeds=1, out=tmp_path / "jobs", spread_seeds=2,
+                           overrides=(f"data.root={quick_root}", "train.num_threads=1"),
+                           executor=ExecutorConfig(kind="slurm", cluster="local", gpus_per_job=0, poll_s=1.0))
+    assert summary["executor"] == "slurm" and summary["skipped_done"] == 0
+    tracked = json.loads((tmp_path / "jobs" / "slurm" / "jobs.json").read_text())
+    assert len(tracked) == summary["training_runs"] + 2            # the baselines' second seeds too
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "jobs" / "report" / "ablation.csv"),
+                                  pd.read_csv(out / "report" / "ablation.csv"))
+    for folder in tracked:
+        assert (tmp_path / "jobs" / folder / "done.json").is_file()
+        assert json.loads((tmp_path / "jobs" / folder / "job.json").read_text())["state"] == "done"
 
 
 def test_a_second_run_skips_finished_studies(quick_workbook, quick_root):

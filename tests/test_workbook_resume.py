@@ -16,7 +16,7 @@ import pytest
 from tqdm import tqdm
 
 from xtfclip_lib import workbook
-from xtfclip_lib.workbook import notebooks, runner, study
+from xtfclip_lib.workbook import executors, notebooks, runner, study
 from xtfclip_lib.config import load_config, load_config_file, save_config
 from xtfclip_lib.workbook.plan import plan_studies
 from xtfclip_lib.workbook.progress import NotebookJob, WorkbookProgress
@@ -51,7 +51,7 @@ def fake_notebooks(monkeypatch):
         (run_dir / "summary.json").write_text("{}")
         trained.append(run_dir.relative_to(run_dir.parents[1]).as_posix())
 
-    def execute(name, output, params, notebooks_dir=None, cwd=None):
+    def execute(name, output, params, notebooks_dir=None, cwd=None, env=None):
         executed.append(output.stem)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text("{}")
@@ -62,7 +62,7 @@ def fake_notebooks(monkeypatch):
         return output
 
     monkeypatch.setattr("xtfclip_lib.engine.train", train)
-    monkeypatch.setattr(runner, "execute_notebook", execute)
+    monkeypatch.setattr(executors, "execute_notebook", execute)
     monkeypatch.setattr(study, "evaluate_study", lambda run_dir, settings: pd.DataFrame({"R1": [0.5]}))
     monkeypatch.setattr(study, "platform_table", lambda run_dir: pd.DataFrame({"R1": [0.5]}))
     return executed, trained
@@ -178,10 +178,10 @@ def test_progress_counts_cells_and_epochs_of_the_running_notebooks(tmp_path):
     _notebook(sources / "03_ablations.ipynb", 3, 0)
     out = tmp_path / "out"
     pretrain = NotebookJob("02_backbone_pretraining", out / "02_backbone_pretraining.ipynb", {})
-    study = NotebookJob("03_ablations", out / "03_ablations__x_tfclip__seed0.ipynb",
-                        {"run_dir": str(tmp_path / "run")}, epochs=10)
-    done_study = NotebookJob("03_ablations", out / "03_ablations__tf_clip__seed0.ipynb",
-                             {"run_dir": str(tmp_path / "other")}, epochs=10)
+    study = NotebookJob("03_ablations", tmp_path / "run" / "03_ablations.ipynb",
+                        {"run_dir": str(tmp_path / "run"), "run_name": "x_tfclip", "seed": 0}, epochs=10)
+    done_study = NotebookJob("03_ablations", tmp_path / "other" / "03_ablations.ipynb",
+                             {"run_dir": str(tmp_path / "other"), "run_name": "tf_clip", "seed": 0}, epochs=10)
     bar = tqdm(total=0, file=io.StringIO())
     progress = WorkbookProgress([pretrain, study, done_study], sources, bar=bar)
     assert progress.total == 4 + 14 + 14 and bar.total == 32     # cells + injected cell + epochs
@@ -194,7 +194,7 @@ def test_progress_counts_cells_and_epochs_of_the_running_notebooks(tmp_path):
     progress.start(study)
     assert bar.n == 4 and "running: 03 x_tfclip seed0" in bar.postfix
     _notebook(study.output, 4, 2)                      # papermill saved it: 2 cells completed
-    (tmp_path / "run").mkdir()
+    (tmp_path / "run").mkdir(exist_ok=True)
     (tmp_path / "run" / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3}\n')
     progress.refresh()
     assert bar.n == 4 + 2 + 3

@@ -24,7 +24,7 @@ import yaml
 
 __all__ = ["Config", "DataConfig", "EvalConfig", "FeatureConfig", "LossConfig", "ModelConfig", "TrainConfig",
            "SWITCHES", "EXTENSIONS", "TEST_TIME_SWITCHES", "VARIANTS", "PRESET_DIR", "LATER_KEYS",
-           "with_override", "apply_mapping", "parse_override", "available_presets", "read_preset", "load_config",
+           "with_override", "apply_mapping", "parse_override", "available_presets", "read_preset", "read_yaml", "load_config",
            "to_dict", "from_dict", "to_yaml", "save_config", "load_config_file", "config_digest"]
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -257,11 +257,15 @@ def read_preset(name_or_path: str) -> dict:
             raise KeyError(f"unknown preset {name_or_path!r}; shipped presets: {available_presets()}")
     elif not path.is_file():
         raise FileNotFoundError(f"preset file {path} not found")
-    return _read_yaml(path)
+    return read_yaml(path)
 
 
-def _read_yaml(path: Path) -> Any:
-    """The YAML document of `path` ({} when empty); a parse error is a ValueError naming it."""
+def read_yaml(path: str | Path) -> Any:
+    """The YAML document of `path` ({} when empty); a parse error is a ValueError naming it, a
+    missing file a FileNotFoundError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
     try:
         return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -314,7 +318,7 @@ def load_config_file(path: str | Path) -> Config:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} not found")
-    return from_dict(_read_yaml(path), str(path))
+    return from_dict(read_yaml(path), str(path))
 
 
 # Keys added after results were first keyed by `config_digest`, each with the value that

@@ -5,6 +5,7 @@ executed copy, which is kept for inspection.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
@@ -14,7 +15,7 @@ class WorkbookError(RuntimeError):
     """A notebook failed; the message names the notebook, the cell and the partial copy."""
 
 
-def _ipc_kernel_manager(socket_dir: str | Path):
+def _ipc_kernel_manager(socket_dir: str | Path, env: dict | None = None):
     """jupyter_client's async kernel manager talking to the kernel over IPC (Unix sockets) instead
     of local TCP: ipykernel >= 7 warns on every start that a TCP kernel runs without encryption,
     one console line per notebook, which breaks the progress bar. IPC is the transport that
@@ -24,6 +25,9 @@ def _ipc_kernel_manager(socket_dir: str | Path):
     default names them ``kernel-ipc-<n>`` in the working directory, numbered by the first free
     file, so two kernels started at the same moment bind the same sockets and answer each
     other's requests (a notebook then "finishes" while its cells never ran).
+
+    `env` is set in the kernel's environment on top of this process's (papermill offers no way
+    to pass it): the devices a study may use, ``CUDA_VISIBLE_DEVICES``.
     """
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import default
@@ -39,15 +43,21 @@ def _ipc_kernel_manager(socket_dir: str | Path):
         def _default_ip(self) -> str:
             return prefix
 
+        async def start_kernel(self, **kw):
+            if env:
+                kw["env"] = {**kw.get("env", os.environ), **env}
+            return await super().start_kernel(**kw)
+
     return IPCKernelManager
 
 
 def execute_notebook(name: str, output: Path, parameters: dict, notebooks_dir: Path = NOTEBOOK_DIR,
-                     cwd: Path | None = None) -> Path:
+                     cwd: Path | None = None, env: dict | None = None) -> Path:
     """Run ``notebooks_dir/name.ipynb`` with papermill into `output`; raise WorkbookError on failure.
 
     The kernel runs over IPC (`_ipc_kernel_manager`), its sockets in a temporary folder of its
-    own that is removed afterwards, so notebooks run side by side never share one. Papermill
+    own that is removed afterwards, so notebooks run side by side never share one; `env` is added
+    to the kernel's environment. Papermill
     saves `output` after every cell, which `WorkbookProgress` reads for its bar.
     """
     import tempfile
@@ -64,7 +74,7 @@ def execute_notebook(name: str, output: Path, parameters: dict, notebooks_dir: P
             papermill.execute_notebook(str(source), str(output), parameters=parameters,
                                        progress_bar=False, kernel_name="python3",
                                        cwd=str(cwd) if cwd else None,
-                                       kernel_manager_class=_ipc_kernel_manager(sockets))
+                                       kernel_manager_class=_ipc_kernel_manager(sockets, env))
     except PapermillExecutionError as exc:
         first_line = (exc.source or "").strip().splitlines()[:1]
         raise WorkbookError(

@@ -18,21 +18,32 @@ from xtfclip_lib.workbook.notebooks import NOTEBOOK_DIR
 from xtfclip_lib.workbook.prepare import pretraining_target
 
 
-@dataclass
+@dataclass(eq=False)
 class NotebookJob:
-    """One notebook execution of the workbook."""
+    """One notebook execution of the workbook (hashed by identity: each is one execution)."""
     name: str                  # notebook stem under notebooks/, e.g. "03_ablations"
-    output: Path               # the executed copy under OUT/notebooks/
+    output: Path               # the executed copy: under OUT/notebooks/, a study's in its own folder
     params: dict
     epochs: int = 0            # training epochs it runs (a study: its config's train.epochs)
     counter: Path | None = None  # a `progress.StepCounter` file it writes (the tiny CLIP's pretraining)
     counter_units: int = 0     # bar steps that counter stands for
 
     @property
+    def is_study(self) -> bool:
+        """Whether it trains and scores one model of the ablation (notebook 03 with a study's parameters)."""
+        return "run_name" in self.params
+
+    @property
+    def key(self) -> str:
+        """Its name in the workbook's timings: the notebook, or ``03_ablations__<run>__seed<k>`` for a study."""
+        p = self.params
+        return f"{self.name}__{p['run_name']}__seed{p['seed']}" if self.is_study else self.name
+
+    @property
     def label(self) -> str:
         """Name for the progress bar: ``02_backbone_pretraining``, a study ``03 loo_attention_pooling seed0``."""
-        parts = self.output.stem.split("__")
-        return " ".join([self.name[:2], *parts[1:]]) if len(parts) > 1 else self.name
+        p = self.params
+        return f"{self.name[:2]} {p['run_name']} seed{p['seed']}" if self.is_study else self.name
 
 
 def _pretraining_counter(cfg, units: int = 10) -> dict:

@@ -9,13 +9,15 @@
 5. ``05_retrieval_visualisation`` once, on the X-TFCLIP model;
 6. ``06_ablation_report``    once: the report under ``OUT/report/``.
 
-An executed notebook is written to ``OUT/notebooks/``. A finished study is re-used only when what
+An executed notebook is written to ``OUT/notebooks/``, a study's into its own folder. Studies
+run side by side on this machine or as SLURM jobs (`executors`). A finished study is re-used only when what
 produced it is the same (`study_key`: the resolved config, the data manifest and the backbone
 weights, the rule that keys the feature cache); one made with anything else is retrained, or with
 ``refuse_stale`` refused before any study trains. So an interrupted workbook resumes where it
 stopped, and a changed ``--set`` never reports old numbers under a new label. A failing notebook stops the
 workbook with an error naming the notebook and the failing cell; the partially executed copy is
-kept beside the others for inspection.
+kept beside the others for inspection. One driver at a time works on a results folder (the lock
+file ``OUT/.workbook.lock`` names the holder).
 """
 from __future__ import annotations
 
@@ -25,11 +27,13 @@ import os
 import shutil
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from xtfclip_lib.workbook.notebooks import NOTEBOOK_DIR, execute_notebook
+from xtfclip_lib.utils import exclusive_lock
+from xtfclip_lib.workbook.executors import (JOBS_FILE, ClusterExecutor, ExecutorConfig, LocalExecutor,
+                                            device_groups)
+from xtfclip_lib.workbook.notebooks import NOTEBOOK_DIR, WorkbookError
 from xtfclip_lib.workbook.plan import BASELINES, Study, TrainingRun, plan_studies, plan_training_runs
 from xtfclip_lib.workbook.progress import NotebookJob, WorkbookProgress, _pretraining_counter
 from xtfclip_lib.workbook.provenance import (StaleStudyError, data_digest, refuse_stale_message, skip_summary,
@@ -38,10 +42,14 @@ from xtfclip_lib.workbook.provenance import (StaleStudyError, data_digest, refus
 log = logging.getLogger(__name__)
 
 
+LOCK_FILE = ".workbook.lock"
+
+
 def run_workbook(preset: str = "tiny", seeds: int = 1, out: str | Path = "results/workbook", *,
                  spread_seeds: int = 3, overrides: tuple[str, ...] = (), jobs: int = 1,
                  notebooks_dir: Path = NOTEBOOK_DIR, studies: list[Study] | None = None,
-                 refuse_stale: bool = False) -> dict:
+                 refuse_stale: bool = False, executor: ExecutorConfig | None = None,
+                 wait: bool = True) -> dict:
     """Run every notebook in order; return a summary (stage and notebook timings, report path).
 
     The summary, also written to ``OUT/workbook.json``, records the wall time of each stage
@@ -50,10 +58,14 @@ def run_workbook(preset: str = "tiny", seeds: int = 1, out: str | Path = "result
 
     `seeds` models are trained for every study; the two baselines get `max(seeds, spread_seeds)`
     so that the report always has a seed-to-seed spread to compare differences against.
-    `jobs` studies train side by side. Each uses ``train.num_threads`` of the preset (``tiny``
-    fixes it at 1, so the numbers are the same on any machine); a preset that leaves it at 0 gets
-    an equal share of the CPU threads (small models use two single-threaded processes better than
-    one process with two threads).
+    With the default `executor` (local, no GPUs) `jobs` studies train side by side. Each uses
+    ``train.num_threads`` of the preset (``tiny`` fixes it at 1, so the numbers are the same on
+    any machine); a preset that leaves it at 0 gets an equal share of the CPU threads (small
+    models use two single-threaded processes better than one process with two threads), or on
+    SLURM the job's ``executor.cpus_per_job``. With ``executor.gpus`` one study runs per device
+    group; with ``executor.kind="slurm"`` the studies are SLURM jobs, and without `wait` the
+    driver returns once they are submitted (``summary["pending"]``): the same call later
+    waits for them, re-submits failed or missing ones and writes the report.
 
     Once the data and the backbone exist (after notebook 02), every model's folder is checked
     with `study_state`: a study done with an equal `study_key` is skipped, one made with other
@@ -62,16 +74,36 @@ def run_workbook(preset: str = "tiny", seeds: int = 1, out: str | Path = "result
     the differences are already visible (a changed config), at the latest before any study trains.
     """
     out = Path(out).resolve()
+    executor = (executor or ExecutorConfig()).check()
+    if not wait and executor.kind != "slurm":
+        raise ValueError("not waiting (--no-wait) needs --executor slurm: local studies run in this process")
     studies = plan_studies() if studies is None else studies
     runs = plan_training_runs(studies)
-    plan = _plan_jobs(preset, seeds, out, runs, spread_seeds=spread_seeds, overrides=overrides, jobs=jobs)
+    plan = _plan_jobs(preset, seeds, out, runs, spread_seeds=spread_seeds, overrides=overrides, jobs=jobs,
+                      executor=executor)
+    with exclusive_lock(out / LOCK_FILE, f"another workbook is driving {out}"):
+        return _drive(plan, out, executor, notebooks_dir, refuse_stale=refuse_stale, wait=wait,
+                      summary={"preset": preset, "seeds": seeds, "spread_seeds": spread_seeds, "jobs": jobs,
+                               "executor": executor.kind, "studies": [s.name for s in studies],
+                               "training_runs": len(runs)})
+
+
+def _drive(plan: "_Plan", out: Path, executor: ExecutorConfig, notebooks_dir: Path, *, refuse_stale: bool,
+           wait: bool, summary: dict) -> dict:
+    """`run_workbook` once its plan is made, holding the results folder's lock."""
     if refuse_stale and any(Path(j.params["run_dir"]).exists() for j in plan.ablations):
         _refuse(plan, _study_states(plan), out, ready=False)
+    cluster = ClusterExecutor(executor, out, None, notebooks_dir) if executor.kind == "slurm" else None
+    if cluster is not None:
+        cluster.check()
 
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     progress = WorkbookProgress([*plan.before, *plan.ablations, *plan.after], notebooks_dir)
-    executor = _Executor(progress, notebooks_dir)
+    local = LocalExecutor(progress, notebooks_dir,
+                          device_groups(executor.gpus, executor.gpus_per_job) if executor.gpus else None)
+    if cluster is not None:
+        cluster.progress = progress
     stop = threading.Event()
     poller = threading.Thread(target=progress.poll, args=(stop,), daemon=True)
     stages: dict[str, float] = {}
@@ -79,18 +111,19 @@ def run_workbook(preset: str = "tiny", seeds: int = 1, out: str | Path = "result
     poller.start()
     try:
         with logging_redirect_tqdm():        # log lines print above the bar, never through it
-            found, todo = _execute(plan, executor, stages, out, jobs=jobs, refuse_stale=refuse_stale)
+            found, todo, pending = _execute(plan, local, cluster, stages, out, jobs=summary["jobs"],
+                                            refuse_stale=refuse_stale, wait=wait)
             stages["total"] = round(time.perf_counter() - started, 1)
     finally:
         stop.set()
         poller.join()
         progress.close()
-    summary = {"preset": preset, "seeds": seeds, "spread_seeds": spread_seeds, "jobs": jobs,
-               "studies": [s.name for s in studies], "training_runs": len(runs),
-               "skipped_done": len(plan.ablations) - len(todo),
+    summary = {**summary, "skipped_done": len(plan.ablations) - len(todo),
                "retrained_stale": sum(1 for state, _ in found.values() if state == "stale"),
-               "stages": stages, "elapsed_s": executor.timings,
-               "report": str(out / "report" / "ablation.md")}
+               "stages": stages, "elapsed_s": local.timings,
+               "report": None if pending else str(out / "report" / "ablation.md")}
+    if pending:
+        summary["pending"] = pending
     (out / "workbook.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -105,8 +138,11 @@ class _Plan:
 
 
 def _plan_jobs(preset: str, seeds: int, out: Path, runs: list[TrainingRun], *, spread_seeds: int,
-               overrides: tuple[str, ...], jobs: int) -> _Plan:
-    """Every notebook job of the workbook and its parameters (`run_workbook`'s arguments)."""
+               overrides: tuple[str, ...], jobs: int, executor: ExecutorConfig = ExecutorConfig()) -> _Plan:
+    """Every notebook job of the workbook and its parameters (`run_workbook`'s arguments).
+
+    A study's notebook is executed into its own folder (``studies/<study>/seed<k>/03_ablations.ipynb``),
+    so a study job writes nowhere else. `_study_threads` is the thread rule of `run_workbook`."""
     from xtfclip_lib.config import load_config
 
     nb_out = out / "notebooks"
@@ -115,18 +151,17 @@ def _plan_jobs(preset: str, seeds: int, out: Path, runs: list[TrainingRun], *, s
     before = [NotebookJob("01_data_exploration", nb_out / "01_data_exploration.ipynb", dict(common)),
               NotebookJob("02_backbone_pretraining", nb_out / "02_backbone_pretraining.ipynb", dict(common),
                           **_pretraining_counter(full_model))]
-    preset_threads = full_model.train.num_threads
-    threads = ([f"train.num_threads={max(1, (os.cpu_count() or 1) // jobs)}"]
-               if jobs > 1 and preset_threads == 0 else [])
+    threads = _study_threads(full_model.train.num_threads, jobs, executor)
+    processes = executor.gpus_per_job if (executor.kind == "slurm" or executor.gpus) else 1
     ablations, configs = [], {}
     for run in runs:
         num = max(seeds, spread_seeds) if run.name in BASELINES else seeds
         for seed in range(num):
             params = dict(common, overrides=[*overrides, *threads], run_name=run.name,
                           variant=run.variant, train_overrides=list(run.overrides), seed=seed,
-                          run_dir=str(run.folder(out, seed)))
+                          run_dir=str(run.folder(out, seed)), processes=max(1, processes))
             cfg = load_config(preset, run.variant, [*params["overrides"], *run.overrides, f"train.seed={seed}"])
-            job = NotebookJob("03_ablations", nb_out / f"03_ablations__{run.name}__seed{seed}.ipynb",
+            job = NotebookJob("03_ablations", run.folder(out, seed) / "03_ablations.ipynb",
                               params, epochs=cfg.train.epochs)
             ablations.append(job)
             configs[job.output] = cfg
@@ -137,6 +172,17 @@ def _plan_jobs(preset: str, seeds: int, out: Path, runs: list[TrainingRun], *, s
              NotebookJob("06_ablation_report", nb_out / "06_ablation_report.ipynb",
                          dict(common, studies_dir=str(out)))]
     return _Plan(before, ablations, after, configs)
+
+
+def _study_threads(preset_threads: int, jobs: int, executor: ExecutorConfig) -> list[str]:
+    """The thread override of every study: none when the preset fixes ``train.num_threads`` (or
+    the studies run on GPUs of this machine); else the SLURM job's CPUs, or an equal share of
+    this machine's threads when `jobs` > 1 studies share it."""
+    if preset_threads != 0 or executor.gpus:
+        return []
+    if executor.kind == "slurm":
+        return [f"train.num_threads={executor.cpus_per_job}"]
+    return [f"train.num_threads={max(1, (os.cpu_count() or 1) // jobs)}"] if jobs > 1 else []
 
 
 def _study_states(plan: _Plan) -> dict[Path, tuple[str, list[str]]]:
@@ -163,61 +209,77 @@ def _refuse(plan: _Plan, found: dict[Path, tuple[str, list[str]]], out: Path, re
         raise StaleStudyError(refuse_stale_message(stale, out))
 
 
-class _Executor:
-    """Executes notebook jobs one at a time or side by side, timing each (`timings`, seconds by
-    the executed copy's stem) and telling the progress bar when each starts and finishes."""
-
-    def __init__(self, progress: WorkbookProgress, notebooks_dir: Path):
-        self.progress = progress
-        self.notebooks_dir = notebooks_dir
-        self.timings: dict[str, float] = {}
-
-    def execute(self, job: NotebookJob) -> None:
-        self.progress.start(job)
-        start = time.perf_counter()
-        execute_notebook(job.name, job.output, job.params, self.notebooks_dir, cwd=Path.cwd())
-        self.timings[job.output.stem] = round(time.perf_counter() - start, 1)
-        self.progress.finish(job)
-
-    def side_by_side(self, jobs: list[NotebookJob], workers: int) -> None:
-        """Execute `jobs` on `workers` threads; the first failure cancels the rest and is raised."""
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(self.execute, job) for job in jobs]
-            for future in as_completed(futures):
-                if future.exception() is not None:     # stop at the first failure, naming it
-                    for other in futures:
-                        other.cancel()
-                    raise future.exception()
-
-
-def _execute(plan: _Plan, executor: _Executor, stages: dict[str, float], out: Path, *, jobs: int,
-             refuse_stale: bool) -> tuple[dict[Path, tuple[str, list[str]]], list[NotebookJob]]:
+def _execute(plan: _Plan, local: LocalExecutor, cluster: ClusterExecutor | None, stages: dict[str, float],
+             out: Path, *, jobs: int, refuse_stale: bool, wait: bool
+             ) -> tuple[dict[Path, tuple[str, list[str]]], list[NotebookJob], list[dict]]:
     """Execute the planned notebooks in order, recording each stage's wall time in `stages`.
 
     Between notebook 02 and the studies, every study's folder is judged (`study_state`): stale
-    ones are refused (`refuse_stale`) or removed to be retrained, done ones are skipped. Returns
-    those states and the studies that ran.
+    ones are refused (`refuse_stale`) or removed to be retrained, done ones are skipped. The
+    studies run in `local` or, given one, as the jobs of `cluster`; the closing notebooks run
+    once every study is done. Returns the states, the studies run and those still pending (only
+    when not waiting for SLURM jobs).
     """
     for job in plan.before:
-        executor.execute(job)
-    stages["synthetic set and exploration (01)"] = executor.timings[plan.before[0].output.stem]
-    stages["backbone pretraining (02)"] = executor.timings[plan.before[1].output.stem]
+        local.execute(job)
+    stages["synthetic set and exploration (01)"] = local.timings[plan.before[0].key]
+    stages["backbone pretraining (02)"] = local.timings[plan.before[1].key]
     found = _study_states(plan)
     if refuse_stale:
         _refuse(plan, found, out, ready=True)
+    busy = _busy_folders(out, cluster)
     for job in plan.ablations:
+        folder = Path(job.params["run_dir"]).relative_to(out).as_posix()
+        if folder in busy and (found[job.output][0] == "stale" or cluster is None):
+            raise WorkbookError(
+                f"{folder} is being trained by SLURM job {busy[folder]}, submitted by an earlier workbook"
+                + (" with other settings" if found[job.output][0] == "stale" else "")
+                + f": wait for it, cancel it (scancel {busy[folder]}), or collect it with the same "
+                  f"--executor slurm options")
         if found[job.output][0] == "stale":
             log.warning("%s was made with other settings (%s): retraining it",
-                        Path(job.params["run_dir"]).relative_to(out), "; ".join(found[job.output][1]))
+                        folder, "; ".join(found[job.output][1]))
             shutil.rmtree(job.params["run_dir"])
     log.info("%s", skip_summary(list(found.values())))
     todo = [job for job in plan.ablations if found[job.output][0] != "done"]
-    executor.progress.drop([job for job in plan.ablations if job not in todo])
+    local.progress.drop([job for job in plan.ablations if job not in todo])
     phase = time.perf_counter()
-    executor.side_by_side(todo, max(1, jobs))
-    stages[f"trained models (03, {len(todo)} of {len(plan.ablations)}, {max(1, jobs)} side by side)"] = round(
+    pending: list[dict] = []
+    if cluster is None:
+        local.run_studies(todo, max(1, jobs))
+        how = f"{len(local.devices)} device groups" if local.devices else f"{max(1, jobs)} side by side"
+    else:
+        outcome = cluster.run(todo, wait=wait) if todo else None
+        how = "as SLURM jobs" if cluster.cfg.cluster == "slurm" else "as submitit local jobs"
+        if outcome is not None and outcome.failed:
+            raise WorkbookError(_failure_summary(outcome.failed, len(todo)))
+        if outcome is not None and outcome.pending:
+            log.info("%d study jobs queued or running (%s); run the same command again to collect them "
+                     "and write the report", len(outcome.pending),
+                     ", ".join(p["job_id"] for p in outcome.pending))
+            return found, todo, outcome.pending
+    stages[f"trained models (03, {len(todo)} of {len(plan.ablations)}, {how})"] = round(
         time.perf_counter() - phase, 1)
     for job in plan.after:
-        executor.execute(job)
-        stages[job.name] = executor.timings[job.output.stem]
-    return found, todo
+        local.execute(job)
+        stages[job.name] = local.timings[job.key]
+    return found, todo, pending
+
+
+def _busy_folders(out: Path, cluster: ClusterExecutor | None) -> dict[str, str]:
+    """Study folders whose SLURM job (from ``OUT/slurm/jobs.json``) is still queued or running."""
+    if cluster is not None:
+        return cluster.in_flight()
+    if not (out / JOBS_FILE).is_file():
+        return {}
+    return ClusterExecutor(ExecutorConfig(kind="slurm"), out, None, NOTEBOOK_DIR).in_flight()
+
+
+def _failure_summary(failed: list[dict], total: int) -> str:
+    """The driver's account of failed study jobs: each folder with its job id and last error lines."""
+    lines = [f"{len(failed)} of {total} study jobs failed; their partial notebooks and job.log are kept in "
+             f"their folders, and running the same command again re-submits only them:"]
+    for failure in failed:
+        lines.append(f"  {failure['folder']} (job {failure['job_id']}):")
+        lines += [f"    {line}" for line in failure["error"].splitlines()]
+    return "\n".join(lines)

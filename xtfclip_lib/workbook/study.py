@@ -8,6 +8,8 @@ A study is marked done only once all of it is written (`provenance.study_key`).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -78,8 +80,17 @@ def platform_table(run_dir: str | Path) -> pd.DataFrame:
     return score_cases(run.sets, run.lists, platform_cases(run.cases), run.cfg, mask=False, rerank=False)
 
 
+def torchrun_command(preset: str, variant: str, overrides: list[str], run_dir: Path, processes: int, *,
+                     resume: bool) -> list[str]:
+    """The ``torchrun`` command line that trains one study with `processes` processes on this node."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "xtfclip_lib", "train", "--preset", preset, "--variant", variant, "--out", str(run_dir)]
+    command += [part for override in overrides for part in ("--set", override)]
+    return command + (["--resume"] if resume else [])
+
+
 def run_study(preset: str, variant: str, run_name: str, seed: int, run_dir: str | Path, *,
-              overrides: list[str] = (), train_overrides: list[str] = ()) -> pd.DataFrame:
+              overrides: list[str] = (), train_overrides: list[str] = (), processes: int = 1) -> pd.DataFrame:
     """Train one model of the ablation (or resume / re-use it) and evaluate it for its studies.
 
     The study is marked done (``done.json``, holding its `study_key`) only after everything was
@@ -87,6 +98,10 @@ def run_study(preset: str, variant: str, run_name: str, seed: int, run_dir: str 
     with another config, data set or backbone (`study_state` "stale") is an error naming what
     differs: its model must not be evaluated under this study's name (the workbook removes such
     folders before it runs this notebook).
+
+    With `processes` > 1 the model trains data-parallel under ``torchrun`` (one process per GPU
+    the job sees, `engine.distributed`), the way a study on a multi-GPU SLURM job runs; scoring
+    stays in this process.
     """
     from xtfclip_lib.config import load_config
     from xtfclip_lib.engine import train
@@ -99,7 +114,16 @@ def run_study(preset: str, variant: str, run_name: str, seed: int, run_dir: str 
         raise StaleStudyError(f"{run_dir} was made with other settings ({'; '.join(differences)}); "
                               f"delete it or choose another folder")
     if not (run_dir / "summary.json").is_file():
-        train(cfg, run_dir, resume=(run_dir / "last.pt").is_file())
+        resume = (run_dir / "last.pt").is_file()
+        if processes > 1:
+            command = torchrun_command(preset, variant, [*overrides, *train_overrides, f"train.seed={seed}"],
+                                       run_dir, processes, resume=resume)
+            code = subprocess.run(command).returncode
+            if code != 0:
+                raise RuntimeError(f"training {run_dir} with torchrun ({processes} processes) failed with "
+                                   f"exit code {code}; its log is {run_dir / 'train.log'}")
+        else:
+            train(cfg, run_dir, resume=resume)
     threads = torch.get_num_threads()
     if cfg.train.num_threads > 0:        # evaluate with the threads it trained with: same numbers anywhere
         torch.set_num_threads(cfg.train.num_threads)
