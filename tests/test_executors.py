@@ -12,7 +12,6 @@ import json
 import os
 import stat
 import threading
-import time
 
 import nbformat
 import pytest
@@ -20,8 +19,8 @@ import pytest
 from xtfclip_lib.config import load_config
 from xtfclip_lib.utils import LockedError, exclusive_lock
 from xtfclip_lib.workbook import ExecutorConfig, load_executor_config
-from xtfclip_lib.workbook.executors import (JOB_RECORD, JOBS_FILE, ClusterExecutor, LocalExecutor, _id_ranges,
-                                            device_groups, read_record)
+from xtfclip_lib.workbook.cluster import JOBS_FILE, ClusterExecutor, _id_ranges
+from xtfclip_lib.workbook.executors import JOB_RECORD, LocalExecutor, device_groups, read_record
 from xtfclip_lib.workbook.notebooks import WorkbookError
 from xtfclip_lib.workbook.plan import plan_studies, plan_training_runs
 from xtfclip_lib.workbook.progress import NotebookJob, WorkbookProgress

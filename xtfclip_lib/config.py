@@ -24,8 +24,8 @@ import yaml
 
 __all__ = ["Config", "DataConfig", "EvalConfig", "FeatureConfig", "LossConfig", "ModelConfig", "TrainConfig",
            "SWITCHES", "EXTENSIONS", "TEST_TIME_SWITCHES", "VARIANTS", "PRESET_DIR", "LATER_KEYS",
-           "with_override", "apply_mapping", "parse_override", "available_presets", "read_preset", "read_yaml", "load_config",
-           "to_dict", "from_dict", "to_yaml", "save_config", "load_config_file", "config_digest"]
+           "with_override", "apply_mapping", "parse_override", "available_presets", "read_preset", "read_yaml",
+           "load_config", "to_dict", "from_dict", "to_yaml", "save_config", "load_config_file", "config_digest"]
 
 PRESET_DIR = Path(__file__).parent / "presets"
 

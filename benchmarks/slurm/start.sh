@@ -43,8 +43,16 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 CONF
 # munged refuses root: it runs as the munge user, its socket under /run/munge.
 mkdir -p /run/munge && chown munge:munge /run/munge
-if ! pgrep -x munged >/dev/null; then
+if ! munge -n </dev/null >/dev/null 2>&1; then    # no munged answering (a zombie does not)
     setpriv --reuid munge --regid munge --init-groups munged
+    touch "$DIR/munged.ours"            # stop.sh stops it again
+fi
+if [ -f "$DIR/slurmctld.pid" ] && kill -0 "$(cat "$DIR/slurmctld.pid")" 2>/dev/null; then
+    echo "start.sh: a cluster of $DIR is already running (benchmarks/slurm/stop.sh stops it)" >&2; exit 1
+fi
+if pgrep -x -r R,S,D slurmctld >/dev/null; then
+    echo "start.sh: another slurmctld runs on this machine (pid $(pgrep -x -r R,S,D slurmctld | head -1)); stop it first" >&2
+    exit 1
 fi
 export SLURM_CONF="$DIR/slurm.conf"
 slurmctld -f "$SLURM_CONF"

@@ -108,9 +108,8 @@ def _train(cfg: Config, out: Path, env: DistEnv, resume: bool) -> dict:
     else:
         select_lists, select_cases, selection = val_lists, val_cases, "val" if val_query else "last"
     loader = build_train_loader(cfg, train_set, label_of, seed=cfg.train.seed, **shard)
-    logger.info("%d training tracklets of %d identities, %d validation identities; selection on %s; "
-                "%d training process%s", len(train_set), len(label_of), cfg.data.num_val_ids, selection,
-                env.world_size, "" if env.world_size == 1 else "es")
+    logger.info("%d training tracklets of %d identities, %d validation identities; selection on %s; %d training "
+                "processes", len(train_set), len(label_of), cfg.data.num_val_ids, selection, env.world_size)
 
     # -- model, criterion, optimiser --------------------------------------------------------
     model = build_model(cfg, num_classes=len(label_of)).to(device)

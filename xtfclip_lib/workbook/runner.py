@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xtfclip_lib.utils import exclusive_lock
-from xtfclip_lib.workbook.executors import (JOBS_FILE, ClusterExecutor, ExecutorConfig, LocalExecutor,
-                                            device_groups)
+from xtfclip_lib.workbook.cluster import JOBS_FILE, ClusterExecutor
+from xtfclip_lib.workbook.executors import ExecutorConfig, LocalExecutor, device_groups
 from xtfclip_lib.workbook.notebooks import NOTEBOOK_DIR, WorkbookError
 from xtfclip_lib.workbook.plan import BASELINES, Study, TrainingRun, plan_studies, plan_training_runs
 from xtfclip_lib.workbook.progress import NotebookJob, WorkbookProgress, _pretraining_counter
