@@ -264,11 +264,19 @@ def test_squeue_is_read_for_array_tasks_and_a_failing_squeue_fails_nothing(tmp_p
     assert _id_ranges(["12_0", "12_1", "12_2", "14"]) == "12_[0-2], 14"
 
 
-def test_slurm_executor_without_sbatch_is_refused_before_anything_runs(tmp_path, stand_ins, monkeypatch):
-    monkeypatch.setenv("PATH", str(tmp_path))                   # no sbatch here
+def test_slurm_executor_without_a_cluster_is_refused_before_anything_runs(tmp_path, stand_ins, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))                    # no sbatch here
     with pytest.raises(WorkbookError, match="sbatch, squeue, srun not found on PATH"):
         _workbook(tmp_path, stand_ins, executor=ExecutorConfig(kind="slurm"))
-    assert not (tmp_path / "wb" / "notebooks").exists()
+    for tool in ("sbatch", "srun", "squeue"):                   # SLURM's tools, but no controller
+        (bin_dir / tool).write_text("#!/bin/sh\necho 'fatal: Could not establish a configuration source' >&2\n"
+                                    "exit 1\n")
+        (bin_dir / tool).chmod(0o755)
+    with pytest.raises(WorkbookError, match=r"squeue cannot reach a SLURM controller \(fatal: Could not"):
+        _workbook(tmp_path, stand_ins, executor=ExecutorConfig(kind="slurm"))
+    assert not (tmp_path / "wb").exists()                       # nothing ran, nothing was written
 
 
 def test_two_drivers_on_one_results_folder_are_refused(tmp_path, stand_ins):

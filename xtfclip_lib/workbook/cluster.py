@@ -76,6 +76,12 @@ class ClusterExecutor:
                     f"--executor slurm: {', '.join(missing)} not found on PATH, so this machine cannot "
                     f"submit to SLURM; run the workbook where sbatch works, or try the job path "
                     f"locally with --set executor.cluster=local")
+            probe = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i"],
+                                   capture_output=True, text=True, timeout=120)
+            if probe.returncode != 0:
+                why = (probe.stderr.strip().splitlines() or ["no message"])[-1]
+                raise WorkbookError(f"--executor slurm: squeue cannot reach a SLURM controller ({why}); "
+                                    f"is SLURM_CONF set and slurmctld up?")
 
     # -- the record of submitted jobs
     def tracked(self) -> dict[str, dict]:
@@ -158,11 +164,18 @@ class ClusterExecutor:
         for job in jobs:                          # a record of an earlier attempt says nothing now
             (Path(job.params["run_dir"]) / JOB_RECORD).unlink(missing_ok=True)
         specs = [job_spec(job, self.notebooks_dir) for job in jobs]
-        if self.cfg.cluster == "slurm" and len(jobs) > 1:
-            with executor.batch():
+        as_array = self.cfg.cluster == "slurm" and len(jobs) > 1     # one sbatch: all or nothing
+        try:
+            if as_array:
+                with executor.batch():
+                    handles = [executor.submit(run_study_job, spec) for spec in specs]
+            else:
                 handles = [executor.submit(run_study_job, spec) for spec in specs]
-        else:
-            handles = [executor.submit(run_study_job, spec) for spec in specs]
+        except Exception as exc:            # sbatch refused (partition, account, limits...): say what it said
+            text = str(exc).strip().splitlines()
+            raise WorkbookError(f"submitting {len(jobs)} study jobs failed: {text[-1] if text else exc!r}"
+                                f"{'; nothing was submitted' if as_array else ''} (the executor settings "
+                                f"come from --executor-config and --set executor.*)") from None
         tracked = self.tracked()
         ids = {}
         for job, handle in zip(jobs, handles):

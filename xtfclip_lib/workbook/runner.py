@@ -81,6 +81,8 @@ def run_workbook(preset: str = "tiny", seeds: int = 1, out: str | Path = "result
     runs = plan_training_runs(studies)
     plan = _plan_jobs(preset, seeds, out, runs, spread_seeds=spread_seeds, overrides=overrides, jobs=jobs,
                       executor=executor)
+    if executor.kind == "slurm":
+        ClusterExecutor(executor, out, None, notebooks_dir).check()    # before anything is written
     with exclusive_lock(out / LOCK_FILE, f"another workbook is driving {out}"):
         return _drive(plan, out, executor, notebooks_dir, refuse_stale=refuse_stale, wait=wait,
                       summary={"preset": preset, "seeds": seeds, "spread_seeds": spread_seeds, "jobs": jobs,
@@ -94,8 +96,6 @@ def _drive(plan: "_Plan", out: Path, executor: ExecutorConfig, notebooks_dir: Pa
     if refuse_stale and any(Path(j.params["run_dir"]).exists() for j in plan.ablations):
         _refuse(plan, _study_states(plan), out, ready=False)
     cluster = ClusterExecutor(executor, out, None, notebooks_dir) if executor.kind == "slurm" else None
-    if cluster is not None:
-        cluster.check()
 
     from tqdm.contrib.logging import logging_redirect_tqdm
 
