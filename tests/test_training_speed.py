@@ -42,23 +42,23 @@ def batch(cfg, seed: int = 1) -> dict:
             "pids": torch.tensor([0, 0, 3, 3])}
 
 
-def seeded_steps(cfg, num_steps: int = 2) -> dict:
-    """`num_steps` training steps as `engine.train_one_epoch` takes them, from seed 0.
+def seeded_steps(cfg, num_steps: int = 2, device: torch.device = CPU) -> dict:
+    """`num_steps` training steps as `engine.train_one_epoch` takes them, from seed 0, on `device`.
 
     Returns each step's loss and gradients and the final weights.
     """
     engine.seed_everything(0)
     model = build_model(cfg, NUM_CLASSES)
     model.set_memory(torch.randn(NUM_CLASSES, model.backbone.embed_dim, generator=torch.Generator().manual_seed(2)))
-    model.train()
+    model.to(device).train()
     criterion = Criterion(cfg.loss, cfg.features, NUM_CLASSES, cfg.data.num_frames)
     optimizer = build_optimizer(model, cfg.train)
     train_model = engine.compile_model(model) if cfg.train.compile else model
-    amp_dtype = autocast_dtype(CPU, cfg.train.amp)
+    amp_dtype = autocast_dtype(device, cfg.train.amp)
     losses, grads = [], []
     for step in range(num_steps):
-        data = batch(cfg, seed=step + 1)
-        with autocast(CPU, amp_dtype):
+        data = {k: v.to(device) for k, v in batch(cfg, seed=step + 1).items()}
+        with autocast(device, amp_dtype):
             out = train_model(data["clips"], data["camids"])
         loss, _ = criterion({k: v.float() for k, v in out.items()}, data["pids"])
         optimizer.zero_grad(set_to_none=True)
@@ -213,6 +213,22 @@ def test_bf16_autocast_on_cpu_stays_within_tolerance(reference):
         assert abs(float(got) - float(want)) <= BF16_LOSS_RTOL * abs(float(want))
     assert relative_difference(run, reference, "grads") < BF16_GRAD_RTOL
     assert relative_difference(run, reference, "weights") < BF16_WEIGHT_RTOL
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_checkpointing_and_bf16_keep_the_step():
+    """The GPU path of the same switches (run where a device is lent: ``pytest -m gpu``):
+    checkpointing recomputes the same step (CUDA kernels need not be bitwise reproducible, so
+    within a float tolerance), bf16 autocast stays within the CPU test's tolerances."""
+    cuda = torch.device("cuda")
+    plain = seeded_steps(tiny(), device=cuda)
+    checkpointed = seeded_steps(tiny("train.grad_checkpointing=true"), device=cuda)
+    assert relative_difference(checkpointed, plain, "grads") < 1e-5
+    bf16 = seeded_steps(tiny("train.amp=bf16"), device=cuda)
+    for got, want in zip(bf16["losses"], plain["losses"]):
+        assert abs(float(got) - float(want)) <= BF16_LOSS_RTOL * abs(float(want))
+    assert relative_difference(bf16, plain, "grads") < BF16_GRAD_RTOL
 
 
 def test_bf16_is_refused_on_a_cpu_without_it(monkeypatch):
