@@ -57,7 +57,6 @@ def _run(args) -> int:
     from xtfclip_lib.config import load_config
     from xtfclip_lib.workbook import NOTEBOOK_DIR, load_executor_config, run_workbook
 
-
     jobs = 2 if args.jobs is None else args.jobs
     if min(args.seeds, args.spread_seeds, jobs) < 1:
         raise ValueError(f"--seeds, --spread-seeds and --jobs must be >= 1, got {args.seeds}, "
@@ -68,8 +67,6 @@ def _run(args) -> int:
     if args.jobs is not None and (executor.gpus or executor.kind == "slurm"):
         raise ValueError("--jobs sets how many studies share this machine's CPUs; with --gpus there is one "
                          "per device group, on SLURM one per job: drop --jobs")
-    if args.no_wait and executor.kind != "slurm":
-        raise ValueError("--no-wait needs --executor slurm: local studies run inside this command")
     load_config(args.preset, "x_tfclip", overrides)  # fail fast on a bad preset or override
     logging.getLogger("papermill").setLevel(logging.WARNING)  # our own progress bar says enough
     summary = run_workbook(args.preset, args.seeds, args.out, spread_seeds=args.spread_seeds,

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Callable, Iterator
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "exclusive_lock",
-           "LockedError"]
+           "LockedError", "pid_alive"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
@@ -76,14 +76,19 @@ class LockedError(RuntimeError):
     """Another process holds the lock; the message names it (host, pid, command, since when)."""
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this machine runs; a zombie (ended, not yet reaped) does not."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:        # alive, under another user
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):          # no /proc (or no such process): ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:            # alive, under another user
+            return True
         return True
-    return True
+    return state not in ("Z", "X")
 
 
 @contextmanager
@@ -111,7 +116,7 @@ def exclusive_lock(path: str | os.PathLike, purpose: str) -> Iterator[Path]:
             except (OSError, ValueError):
                 other = {}
             if other.get("host") == holder["host"] and isinstance(other.get("pid"), int) \
-                    and not _alive(other["pid"]):
+                    and not pid_alive(other["pid"]):
                 path.unlink(missing_ok=True)        # its holder was killed: take it over
                 continue
             raise LockedError(

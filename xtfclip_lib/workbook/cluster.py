@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xtfclip_lib.utils import atomic_write_text
+from xtfclip_lib.utils import atomic_write_text, pid_alive
 from xtfclip_lib.workbook.executors import JOB_RECORD, ExecutorConfig, job_spec, read_record, run_study_job
 from xtfclip_lib.workbook.notebooks import WorkbookError
 from xtfclip_lib.workbook.progress import NotebookJob, WorkbookProgress
@@ -32,7 +32,6 @@ __all__ = ["ClusterExecutor", "ClusterOutcome", "JOBS_FILE"]
 JOBS_FILE = Path("slurm") / "jobs.json"   # under OUT: the last job submitted for each study folder
 _LIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING",
                 "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED"}
-
 
 
 @dataclass
@@ -111,7 +110,7 @@ class ClusterExecutor:
         job = self._own.get(job_id)
         if job is not None:                      # ours: ask the process (this also reaps it)
             return job._process is not None and job._process.poll() is None
-        return _pid_alive(int(job_id)) if job_id.isdigit() else False
+        return pid_alive(int(job_id)) if job_id.isdigit() else False
 
     def _squeue(self, ids: set[str]) -> set[str]:
         """The ids among `ids` that SLURM still lists as queued or running. A failing squeue
@@ -254,19 +253,6 @@ class ClusterExecutor:
         what = ("it ended without finishing (cancelled, out of time or killed)" if record.get("state") == "running"
                 else "it ended before it could start the notebook" if not record else "it ended without done.json")
         return what + (":\n" + "\n".join(text.splitlines()[-lines:]) if text else "; its log is empty")
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether process `pid` runs (a zombie, ended but not yet reaped, does not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return False
-        return True
-    return state not in ("Z", "X")
 
 
 def _id_ranges(ids: list[str]) -> str:

@@ -95,15 +95,12 @@ def _drive(plan: "_Plan", out: Path, executor: ExecutorConfig, notebooks_dir: Pa
     """`run_workbook` once its plan is made, holding the results folder's lock."""
     if refuse_stale and any(Path(j.params["run_dir"]).exists() for j in plan.ablations):
         _refuse(plan, _study_states(plan), out, ready=False)
-    cluster = ClusterExecutor(executor, out, None, notebooks_dir) if executor.kind == "slurm" else None
-
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     progress = WorkbookProgress([*plan.before, *plan.ablations, *plan.after], notebooks_dir)
     local = LocalExecutor(progress, notebooks_dir,
                           device_groups(executor.gpus, executor.gpus_per_job) if executor.gpus else None)
-    if cluster is not None:
-        cluster.progress = progress
+    cluster = ClusterExecutor(executor, out, progress, notebooks_dir) if executor.kind == "slurm" else None
     stop = threading.Event()
     poller = threading.Thread(target=progress.poll, args=(stop,), daemon=True)
     stages: dict[str, float] = {}

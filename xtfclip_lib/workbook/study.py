@@ -107,7 +107,8 @@ def run_study(preset: str, variant: str, run_name: str, seed: int, run_dir: str 
     from xtfclip_lib.engine import train
 
     run_dir = Path(run_dir)
-    cfg = load_config(preset, variant, [*overrides, *train_overrides, f"train.seed={seed}"])
+    every_override = [*overrides, *train_overrides, f"train.seed={seed}"]
+    cfg = load_config(preset, variant, every_override)
     key = study_key(cfg)
     state, differences = study_state(run_dir, cfg, key)
     if state == "stale":
@@ -116,8 +117,7 @@ def run_study(preset: str, variant: str, run_name: str, seed: int, run_dir: str 
     if not (run_dir / "summary.json").is_file():
         resume = (run_dir / "last.pt").is_file()
         if processes > 1:
-            command = torchrun_command(preset, variant, [*overrides, *train_overrides, f"train.seed={seed}"],
-                                       run_dir, processes, resume=resume)
+            command = torchrun_command(preset, variant, every_override, run_dir, processes, resume=resume)
             code = subprocess.run(command).returncode
             if code != 0:
                 raise RuntimeError(f"training {run_dir} with torchrun ({processes} processes) failed with "
